@@ -1,0 +1,72 @@
+# portrait_toon: every command a user needs. Hydra overrides pass straight through:
+#   make train experiment=demo trainer.max_steps=500      make preview debug=tiny
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+# Command-line `key=value` words become Hydra overrides (ARGS="..." also works).
+HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=%,$(MAKEOVERRIDES)) $(ARGS)
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo train synthesize preview stylize evaluate weights test test-full bench lint format lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	@# torch first and pinned, so no dependency pulls a multi-GB CUDA build (GPU users: see README)
+	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install -q "$(TORCH_SPEC)" -r requirements.lock
+	$(VENV)/bin/pip install -q --no-deps -e ".[dev]"
+	@# the wheel carries the shift-tolerant LPIPS VGG16 weights used offline (we load the file only)
+	$(VENV)/bin/pip install -q --no-deps stlpips-pytorch==0.0.2
+	touch $(STAMP)
+
+install: $(STAMP) ## make .venv with pinned torch, locked deps, the project (editable) and stlpips weights
+
+demo: $(STAMP) ## train on the embedded world (no downloads) and write demo_report.png + metrics.json
+	$(PY) train.py experiment=demo $(HYDRA_ARGS)
+
+train: $(STAMP) ## train the stylization network (Hydra overrides pass through)
+	$(PY) train.py $(HYDRA_ARGS)
+
+synthesize: $(STAMP) ## write synthetic pairs to resumable shards
+	$(PY) synthesize.py $(HYDRA_ARGS)
+
+preview: $(STAMP) ## one PNG grid per synthesis stage for a few seeds
+	$(PY) synthesize.py task=preview $(HYDRA_ARGS)
+
+stylize: $(STAMP) ## stylize images: make stylize ckpt=PATH input=DIR output=DIR
+	$(PY) stylize.py $(HYDRA_ARGS)
+
+weights: $(STAMP) ## fetch the public checkpoints into paths.weights_dir (needs internet)
+	$(PY) scripts/fetch_weights.py $(HYDRA_ARGS)
+
+test: $(STAMP) ## the default test suite (fast, no GPU, no downloads)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q
+
+test-full: $(STAMP) ## every test, slow ones included
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP) ## speed/memory benchmarks (JSON on stdout)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: $(STAMP) ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## ruff autofix + format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+lock: $(STAMP) ## regenerate requirements.lock from the venv
+	$(VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch==|stlpips|portrait)' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean: ## remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache outputs multirun logs wandb
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Metrics of the method's claims: skin tone, background, reconstruction."""

@@ -1,0 +1,1 @@
+"""Running a trained stylization network on user images of any size."""

@@ -1,0 +1,1 @@
+"""The paired-data factory: one stage a file, composed by pipeline.PairSynthesizer."""

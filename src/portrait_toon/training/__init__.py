@@ -1,0 +1,1 @@
+"""Lightning modules, losses, EMA and callbacks for training the stylization network."""
