@@ -30,8 +30,10 @@ def golden_dir() -> Path:
     """Seeded upstream inputs/outputs; only in ../shared/golden, so tests skip without it."""
     path = SHARED_DIR / "golden"
     if not path.is_dir():
-        pytest.skip(f"golden vectors not found at {path} (they live in ../shared/golden, "
-                    "outside a user's clone; set PORTRAIT_TOON_SHARED to point elsewhere)")
+        pytest.skip(
+            f"golden vectors not found at {path} (they live in ../shared/golden, "
+            "outside a user's clone; set PORTRAIT_TOON_SHARED to point elsewhere)"
+        )
     return path
 
 
