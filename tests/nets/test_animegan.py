@@ -1,0 +1,130 @@
+"""AnimeGANv2 generator: loads the public layout strictly and matches the upstream golden vectors
+for square, non-square and odd inputs in both upsampling modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from golden import fill_state_dict, load_golden, sha256_mismatches
+
+from portrait_toon.checkpoints import load_into
+from portrait_toon.nets.animegan import Generator
+
+MANIFEST = "animegan2_generator.json"
+CASES = ("sq", "ns", "odd")
+MODES = {"default": True, "ac_false": False}
+TOL = {"atol": 1e-4, "rtol": 1e-4}  # golden README section 4, full float32 tensors
+TOL_F16 = {"atol": 1e-4, "rtol": 1e-3}  # against float16-stored tensors
+
+
+def zeros_from_manifest(path) -> dict[str, torch.Tensor]:
+    manifest = json.loads(path.read_text())
+    entries = {**manifest["params"], **manifest["buffers"]}
+    return {
+        key: torch.zeros(entries[key]["shape"], dtype=getattr(torch, entries[key]["dtype"]))
+        for key in manifest["state_dict_key_order"]
+    }
+
+
+def check_stats(actual: torch.Tensor, golden: dict, key: str) -> None:
+    assert list(actual.shape) == golden[f"{key}.shape"].tolist(), key
+    a64 = actual.double()
+    torch.testing.assert_close(a64.mean(dim=(2, 3)), golden[f"{key}.nc_mean"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        a64.std(dim=(2, 3), unbiased=False), golden[f"{key}.nc_std"], atol=1e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(a64.mean(), golden[f"{key}.global_mean"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a64.abs().max(), golden[f"{key}.global_absmax"], **TOL)
+    if f"{key}.crop" in golden:
+        crop = golden[f"{key}.crop"]
+        top, left = golden[f"{key}.crop_top_left"].tolist()
+        window = actual[..., top : top + crop.shape[-2], left : left + crop.shape[-1]]
+        torch.testing.assert_close(window, crop, **TOL)
+
+
+def test_manifest_zero_state_dict_loads_strict(manifests_dir):
+    zeros = zeros_from_manifest(manifests_dir / MANIFEST)
+    net = Generator()
+    assert list(net.state_dict()) == list(zeros)
+    load_into(net, zeros, source=MANIFEST, expected="AnimeGANv2 generator")
+    manifest = json.loads((manifests_dir / MANIFEST).read_text())
+    assert sum(p.numel() for p in net.parameters()) == manifest["num_params"]
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    return load_golden(golden_dir / "animegan2_generator.pt")
+
+
+@pytest.fixture(scope="module")
+def golden_weights(golden, manifests_dir):
+    return fill_state_dict(manifests_dir / MANIFEST, "P", g2=golden["meta.rule_gain2"].item())
+
+
+@pytest.fixture(scope="module")
+def golden_net(golden_weights):
+    net = Generator()
+    net.load_state_dict(golden_weights, strict=True)
+    return net.eval()
+
+
+def test_golden_weight_rule_fingerprints(golden, golden_weights):
+    assert sha256_mismatches(golden_weights, golden["weights.sha256"]) == []
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("case", CASES)
+def test_golden_outputs(golden, golden_net, case, mode):
+    x = golden[f"in.{case}"]
+    with torch.no_grad():
+        out = golden_net(x, align_corners=MODES[mode])
+    key = f"out.{case}.{mode}"
+    check_stats(out, golden, key)
+    if key in golden:
+        torch.testing.assert_close(out, golden[key], **TOL)
+    else:
+        torch.testing.assert_close(out, golden[f"{key}.f16"].float(), **TOL_F16)
+
+
+def test_odd_size_shapes_follow_the_upsampling_mode(golden, golden_net):
+    x = golden["in.odd"]
+    assert tuple(x.shape[-2:]) == (97, 131)
+    with torch.no_grad():
+        assert golden_net(x).shape[-2:] == (97, 131)
+        assert golden_net(x, align_corners=False).shape[-2:] == (96, 128)
+
+
+def test_golden_block_intermediates(golden, golden_net):
+    captured = {}
+    names = ("block_a", "block_b", "block_c", "block_d", "block_e")
+    handles = [
+        getattr(golden_net, n).register_forward_hook(
+            lambda m, i, o, n=n: captured.__setitem__(n, o)
+        )
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            golden_net(golden["in.sq"])
+    finally:
+        for h in handles:
+            h.remove()
+    for name in names:
+        check_stats(captured[name], golden, f"inter.sq.{name}")
+
+
+def test_channels_last_matches_golden(golden, golden_weights):
+    net = Generator()
+    net.load_state_dict(golden_weights, strict=True)
+    net = net.eval().to(memory_format=torch.channels_last)
+    x = golden["in.odd"].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = net(x)
+    torch.testing.assert_close(out, golden["out.odd.default"], **TOL)
+
+
+def test_rejects_non_rgb_input(golden_net):
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        golden_net(torch.zeros(1, 4, 16, 16))
