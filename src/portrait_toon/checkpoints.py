@@ -245,11 +245,16 @@ def resolve_weight(weights_dir: str | Path, filename: str) -> Path:
     path = (directory / filename).resolve()
     if path.is_file():
         return path
+    known = KNOWN_WEIGHTS.get(filename)
+    if known is not None and known.url is None:
+        action = "`make weights` cannot download this one: place it by hand as above"
+    else:
+        action = "run `make weights` to fetch the files with direct URLs"
     raise MissingWeightsError(
         f"Weight file not found: {path}\n{describe_source(filename)}\n"
-        f"  Run `make weights` (or `make weights paths.weights_dir={directory.resolve()}`) to "
-        "fetch the files with direct URLs and print instructions for the others, or point "
-        "paths.weights_dir at the folder that holds it."
+        f"  Fix: {action} (`make weights paths.weights_dir={directory.resolve()}` for this "
+        "folder; it also lists what to place by hand), or point paths.weights_dir at the "
+        "folder that holds it."
     )
 
 
@@ -585,10 +590,13 @@ def _mismatch_hints(
         hints.append(
             f"the file looks like a {file_family} checkpoint; the model is a {model_family}"
         )
-        if "StyleGAN2" in file_family and "StyleGAN2" in model_family:
+        file_size = _sg2_generator_size(state) or _sg2_discriminator_size(state)
+        model_size = _sg2_generator_size(own) or _sg2_discriminator_size(own)
+        if "StyleGAN2" in file_family and "StyleGAN2" in model_family and file_size:
             hints.append(
-                "build the network with the file's resolution (size=...) or pick the "
-                "checkpoint made for this resolution"
+                f"the file is a {file_size} px StyleGAN2 and the model {model_size} px: build "
+                f"the network with size={file_size}, or use a checkpoint trained at "
+                f"{model_size} px"
             )
     elif file_family is None and model_family is not None and (missing and unexpected):
         hints.append(f"the file's keys do not look like a {model_family} checkpoint at all")
