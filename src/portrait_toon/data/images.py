@@ -116,7 +116,8 @@ def read_image(
             f"the file is damaged or truncated ({error}); re-export or re-download it, "
             "or remove it from the input",
         ) from error
-    return np.ascontiguousarray(array)
+    # Writable and contiguous: Pillow hands out read-only views, which torch warns about.
+    return array if array.flags.writeable and array.flags.c_contiguous else array.copy()
 
 
 def write_image(

@@ -1,0 +1,377 @@
+"""The standalone stylizer file (F_ema + how to rebuild it), loading it or a Lightning checkpoint
+safely, and optional ONNX export.
+
+Format `portrait_toon.stylizer/1`, written by `save_stylizer`:
+- `.pt` (torch.save of plain containers, readable with `torch.load(weights_only=True)`):
+  `{"format": "portrait_toon.stylizer/1", "target": "portrait_toon.nets.unet.UNet",
+    "kwargs": {...constructor arguments...}, "state_dict": {...}, "metadata": {...}}`
+- `.safetensors`: the tensors of `state_dict`, and `format`, `target`, `kwargs` (JSON) and
+  `metadata` (JSON) as string entries of the file's metadata header.
+`target` is only ever resolved inside `ALLOWED_NET_PACKAGES` (the project's own networks), and
+`kwargs` may only hold plain values, so a file can never make us import or run arbitrary code.
+A Lightning checkpoint from train.py is accepted too: its EMA weights (`net_ema.` keys) and the
+record `stylizer_record(net)` that the training module stores under `checkpoint["stylizer"]`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from portrait_toon.checkpoints import CheckpointError, load_into, load_state_dict_file
+
+logger = logging.getLogger(__name__)
+
+STYLIZER_FORMAT = "portrait_toon.stylizer/1"
+#: Packages whose nn.Module classes a stylizer file may name as its `target`.
+ALLOWED_NET_PACKAGES: tuple[str, ...] = ("portrait_toon.nets",)
+#: Key of the build record inside a Lightning checkpoint (see `stylizer_record`).
+CHECKPOINT_RECORD_KEY = "stylizer"
+#: Where the shipped network sits in a Lightning checkpoint's state_dict, most preferred first:
+#: the EMA copy (wrapped by training.ema.ExponentialMovingAverage, then bare), then the raw net.
+LIGHTNING_PREFIXES: tuple[str, ...] = ("net_ema.module.", "net_ema.", "net.")
+ONNX_INSTALL_HINT = "pip install onnx onnxscript"
+
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+class StylizerLoadError(CheckpointError):
+    """A stylizer/checkpoint file that cannot be turned into a network; says which and why."""
+
+
+# ------------------------------------------------------------------------------ build records
+
+
+def net_target(net: nn.Module) -> str:
+    """The dotted class name a file records for `net` (must be in the allow-list)."""
+    cls = type(net)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def stylizer_record(net: nn.Module, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How to rebuild `net`: `{"format", "target", "kwargs"}` (no weights).
+
+    `kwargs` defaults to `net.config` (the constructor arguments our nets keep). The training
+    module stores this under `checkpoint["stylizer"]` so a `.ckpt` can be stylized directly.
+    """
+    if kwargs is None:
+        kwargs = getattr(net, "config", None)
+        if not isinstance(kwargs, Mapping):
+            raise ValueError(
+                f"{type(net).__name__} has no `config` dict of constructor arguments; "
+                "pass kwargs= explicitly"
+            )
+    target = net_target(net)
+    resolve_net_class(target)  # fail at save time, not when a user loads the file
+    plain_kwargs = _plain(dict(kwargs), "kwargs")
+    return {"format": STYLIZER_FORMAT, "target": target, "kwargs": plain_kwargs}
+
+
+def resolve_net_class(target: str) -> type[nn.Module]:
+    """The class named by `target`, only if it is an nn.Module defined in an allowed package."""
+    if not isinstance(target, str) or not _DOTTED_NAME.match(target):
+        raise StylizerLoadError(f"network target {target!r} is not a dotted class name")
+    module_name, _, class_name = target.rpartition(".")
+    if not any(
+        module_name == package or module_name.startswith(package + ".")
+        for package in ALLOWED_NET_PACKAGES
+    ):
+        raise StylizerLoadError(
+            f"network target {target!r} is outside the allowed packages "
+            f"{list(ALLOWED_NET_PACKAGES)}; refusing to import it from a file"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise StylizerLoadError(
+            f"network target {target!r}: module {module_name} cannot be imported ({error}); "
+            "was the file written by a newer portrait_toon?"
+        ) from error
+    cls = getattr(module, class_name, None)
+    # Defined in that module (not merely imported into it) and an nn.Module.
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == module_name):
+        raise StylizerLoadError(f"network target {target!r} is not a network class of the project")
+    return cls
+
+
+def build_net(target: str, kwargs: Mapping[str, Any], *, source: str | Path) -> nn.Module:
+    """Instantiate an allowed network class from plain constructor arguments."""
+    cls = resolve_net_class(target)
+    if not isinstance(kwargs, Mapping):
+        raise StylizerLoadError(f"{source}: 'kwargs' is a {type(kwargs).__name__}, not a dict")
+    try:
+        return cls(**_plain(dict(kwargs), "kwargs"))
+    except (TypeError, ValueError) as error:
+        raise StylizerLoadError(
+            f"{source}: cannot build {target} from the recorded kwargs {dict(kwargs)} ({error})"
+        ) from error
+
+
+# ----------------------------------------------------------------------------------- saving
+
+
+def save_stylizer(
+    path: str | os.PathLike,
+    net: nn.Module,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `net` (usually F_ema) as a standalone stylizer file, atomically.
+
+    `.safetensors` suffix: a safetensors file; anything else: a weights_only-safe torch file.
+    `kwargs` defaults to `net.config`; `metadata` (plain values: step, config, ...) is kept.
+    """
+    path = Path(path)
+    record = stylizer_record(net, kwargs)
+    info = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": str(torch.__version__),
+        **_plain(dict(metadata or {}), "metadata"),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    os.close(descriptor)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+
+            header = {
+                "format": STYLIZER_FORMAT,
+                "target": record["target"],
+                "kwargs": json.dumps(record["kwargs"]),
+                "metadata": json.dumps(info),
+            }
+            save_file(state, temp_name, metadata=header)
+        else:
+            torch.save({**record, "state_dict": state, "metadata": info}, temp_name)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    logger.info("saved stylizer %s (%s) to %s", record["target"], record["kwargs"], path)
+    return path
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_stylizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready network (eval mode, no grad, on `device`) from a stylizer export
+    (`.pt`/`.safetensors`, see module doc) or a Lightning `.ckpt` written by train.py.
+
+    Files are read with `torch.load(weights_only=True)` or safetensors; anything else, an
+    unknown layout or a target outside the allow-list raises `StylizerLoadError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"stylizer file not found: '{path}'; give ckpt=PATH to the stylizer.pt that "
+            "training exports into its run folder, or to a Lightning .ckpt from train.py"
+        )
+    if path.suffix.lower() == ".safetensors":
+        target, kwargs, state, info = _read_safetensors_export(path)
+    else:
+        try:
+            content = load_state_dict_file(path)
+        except CheckpointError as error:
+            raise StylizerLoadError(str(error)) from None
+        target, kwargs, state, info = _interpret(path, content)
+    net = build_net(target, kwargs, source=path)
+    try:
+        load_into(net, state, source=path, expected=target)
+    except CheckpointError as error:
+        raise StylizerLoadError(str(error)) from None
+    net.requires_grad_(False)
+    net.eval()
+    logger.info("loaded %s from %s (%s)", target, path, info or "no metadata")
+    return net.to(device)
+
+
+def _interpret(
+    path: Path, content: Mapping[str, Any]
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    if "format" in content:
+        if content["format"] != STYLIZER_FORMAT:
+            raise StylizerLoadError(
+                f"{path}: format {content['format']!r} is not {STYLIZER_FORMAT!r}; "
+                "was it written by a newer portrait_toon?"
+            )
+        missing = [k for k in ("target", "kwargs", "state_dict") if k not in content]
+        if missing:
+            raise StylizerLoadError(f"{path}: stylizer file lacks {missing}")
+        return (
+            content["target"],
+            dict(content["kwargs"]),
+            _tensors(path, content["state_dict"]),
+            dict(content.get("metadata") or {}),
+        )
+    if "state_dict" in content and (
+        CHECKPOINT_RECORD_KEY in content or "pytorch-lightning_version" in content
+    ):
+        return _from_lightning(path, content)
+    keys = list(content)[:10]
+    raise StylizerLoadError(
+        f"{path}: neither a portrait_toon stylizer file nor a train.py Lightning checkpoint "
+        f"(top-level keys {keys}); export one with "
+        "portrait_toon.inference.export.save_stylizer(path, net)"
+    )
+
+
+def _from_lightning(
+    path: Path, checkpoint: Mapping[str, Any]
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    record = checkpoint.get(CHECKPOINT_RECORD_KEY)
+    if not isinstance(record, Mapping) or "target" not in record or "kwargs" not in record:
+        raise StylizerLoadError(
+            f"{path}: this Lightning checkpoint does not record how to build its network "
+            f"(no '{CHECKPOINT_RECORD_KEY}' entry with target and kwargs); use the stylizer.pt "
+            "that training exports into its run folder instead"
+        )
+    state_dict = _tensors(path, checkpoint["state_dict"])
+    for prefix in LIGHTNING_PREFIXES:
+        selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if selected:
+            if prefix == "net.":
+                logger.warning("%s has no EMA weights (net_ema.*); using the raw net", path)
+            # The EMA wrapper's own bookkeeping is not part of the network.
+            selected.pop("num_updates", None)
+            info = {
+                "epoch": checkpoint.get("epoch"),
+                "global_step": checkpoint.get("global_step"),
+                "weights": prefix.rstrip("."),
+            }
+            return record["target"], dict(record["kwargs"]), selected, info
+    prefixes = sorted({k.split(".", 1)[0] + "." for k in state_dict})
+    raise StylizerLoadError(
+        f"{path}: no network weights under {list(LIGHTNING_PREFIXES)}; "
+        f"key prefixes present: {prefixes[:20]}"
+    )
+
+
+def _read_safetensors_export(
+    path: Path,
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise StylizerLoadError(f"{path}: not a readable safetensors file ({error})") from None
+    if header.get("format") != STYLIZER_FORMAT:
+        raise StylizerLoadError(
+            f"{path}: a safetensors file without the {STYLIZER_FORMAT!r} header (a bare "
+            "state_dict does not say which network it belongs to); export with save_stylizer"
+        )
+    try:
+        kwargs = json.loads(header["kwargs"])
+        info = json.loads(header.get("metadata", "{}"))
+    except (KeyError, json.JSONDecodeError) as error:
+        raise StylizerLoadError(f"{path}: damaged stylizer header ({error})") from None
+    return header.get("target", ""), kwargs, state, info
+
+
+def _tensors(path: Path, state: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise StylizerLoadError(f"{path}: 'state_dict' is not a dict of tensors")
+    return dict(state)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` if it is made of JSON-like plain values only (what weights_only and JSON keep)."""
+    if isinstance(value, _PLAIN_SCALARS):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            out[key] = _plain(item, f"{where}.{key}")
+        return out
+    raise ValueError(
+        f"{where} holds a {type(value).__name__}; only str/int/float/bool/None, lists and dicts "
+        "can be stored (convert configs with OmegaConf.to_container)"
+    )
+
+
+# ------------------------------------------------------------------------------------- ONNX
+
+
+def export_program(
+    net: nn.Module, example_size: tuple[int, int] = (256, 256)
+) -> torch.export.ExportedProgram:
+    """`torch.export` graph of `net` for one image with dynamic height and width.
+
+    Height and width must be multiples of the net's `pad_multiple` (32 by default): the net's
+    own pad-to-a-multiple branch cannot be traced symbolically, so callers pad first, as
+    `stylize_image` does.
+    """
+    multiple = int(getattr(net, "pad_multiple", 32))
+    height, width = example_size
+    if height % multiple or width % multiple:
+        raise ValueError(f"example_size {example_size} must be multiples of {multiple}")
+    rows = torch.export.Dim("rows", min=1, max=16384 // multiple)
+    cols = torch.export.Dim("cols", min=1, max=16384 // multiple)
+    parameter = next(net.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    example = torch.zeros(1, 3, height, width, device=device)
+    net.eval()
+    return torch.export.export(
+        net, (example,), dynamic_shapes=({2: multiple * rows, 3: multiple * cols},)
+    )
+
+
+def export_onnx(
+    net: nn.Module,
+    path: str | os.PathLike,
+    example_size: tuple[int, int] = (256, 256),
+    *,
+    opset: int = 18,
+) -> Path:
+    """Export `net` to ONNX (input `image` [1, 3, H, W] in [-1, 1] RGB, H and W dynamic
+    multiples of the net's `pad_multiple`; output `stylized`, same shape).
+
+    Needs the optional packages onnx and onnxscript; without them this raises ImportError
+    saying how to install them.
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"ONNX export needs the optional packages onnx and onnxscript ({error}); "
+            f"install them with `{ONNX_INSTALL_HINT}`"
+        ) from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program = export_program(net, example_size)
+    torch.onnx.export(
+        program,
+        input_names=["image"],
+        output_names=["stylized"],
+        f=str(path),
+        opset_version=opset,
+        dynamo=True,
+    )
+    return path

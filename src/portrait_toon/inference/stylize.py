@@ -1,0 +1,366 @@
+"""Run a trained stylization network F on user images: any size or aspect ratio, optional
+seamless tiling for huge images, and whole folders with a progress bar and a skip report.
+
+Untiled and tiled runs see the same padded image: it is padded once to a multiple of the net's
+`pad_multiple` (as the U-Net would pad itself) and tiles start on multiples of it, so every
+tile is aligned with the untiled pooling grid. Overlapping tiles are blended with linear
+feathers, which hides the tile borders where a tile lacked context.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from portrait_toon.data.images import (
+    DEFAULT_MAX_PIXELS,
+    WRITE_FORMATS,
+    ImageReadError,
+    list_images,
+    read_image,
+    to_tensor,
+    to_uint8,
+    write_image,
+)
+from portrait_toon.inference.export import load_stylizer
+
+__all__ = [
+    "PRECISIONS",
+    "StylizeReport",
+    "load_stylizer",
+    "output_paths",
+    "resolve_device",
+    "stylize_image",
+    "stylize_paths",
+    "stylize_tensor",
+]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_OVERLAP = 64
+_DEFAULT_PAD_MULTIPLE = 32
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` -> cuda if available, else cpu; anything else as torch understands it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} was asked for, but CUDA is not available here")
+    return resolved
+
+
+# ------------------------------------------------------------------------------- one image
+
+
+def stylize_image(
+    net: nn.Module,
+    image: np.ndarray,
+    *,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Stylize a uint8 [H, W, 3] RGB image with `net`; returns uint8 [H, W, 3].
+
+    `tile`: None runs the whole image at once; an int (rounded up to the net's pad multiple)
+    runs overlapping tiles of that side, bounding memory for huge images (4K and up).
+    `device`: None uses the net's device. `precision`: fp32, or bf16 autocast (CUDA only).
+    """
+    if device is None:
+        device = _module_device(net)
+    x = to_tensor(image).to(device)
+    y = stylize_tensor(net, x, tile=tile, overlap=overlap, precision=precision)
+    return to_uint8(y)
+
+
+def stylize_tensor(
+    net: nn.Module,
+    x: torch.Tensor,
+    *,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """`stylize_image` on a float [1, 3, H, W] tensor in [-1, 1] (on the net's device)."""
+    if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"expected one RGB image [1, 3, H, W], got {tuple(x.shape)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if precision == "bf16" and x.device.type != "cuda":
+        raise ValueError(
+            "precision=bf16 needs a CUDA device (bf16 on CPU is many times slower than fp32); "
+            "use precision=fp32 on CPU"
+        )
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile={tile} must be a positive number of pixels or None")
+    if overlap < 0:
+        raise ValueError(f"overlap={overlap} must be >= 0")
+    multiple = int(getattr(net, "pad_multiple", _DEFAULT_PAD_MULTIPLE))
+    height, width = x.shape[-2:]
+    padded, (top, left) = _pad_to_multiple(x, multiple)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        if tile is None or (padded.shape[-2] <= tile and padded.shape[-1] <= tile):
+            out = _run(net, padded)
+        else:
+            out = _run_tiled(net, padded, tile=tile, overlap=overlap, multiple=multiple)
+    return out[..., top : top + height, left : left + width]
+
+
+def _run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    y = net(x)
+    if y.shape != x.shape:
+        raise RuntimeError(
+            f"{type(net).__name__} returned {tuple(y.shape)} for an input of {tuple(x.shape)}; "
+            "a stylizer must map [1, 3, H, W] to the same shape"
+        )
+    return y.float()
+
+
+def _run_tiled(
+    net: nn.Module, x: torch.Tensor, *, tile: int, overlap: int, multiple: int
+) -> torch.Tensor:
+    """Overlapping tiles on a grid of `multiple`, blended with separable linear feathers."""
+    tile = max(multiple, _round_up(tile, multiple))
+    # The step must stay >= one grid cell, so at most tile - multiple of overlap.
+    overlap = min(_round_up(overlap, multiple), tile - multiple)
+    height, width = x.shape[-2:]
+    rows = list(_spans(height, tile, overlap))
+    cols = list(_spans(width, tile, overlap))
+    out = torch.zeros(1, 3, height, width, device=x.device, dtype=torch.float32)
+    weight_sum = torch.zeros(1, 1, height, width, device=x.device, dtype=torch.float32)
+    for row_start, row_end in rows:
+        row_weight = _feather(row_start, row_end, height, overlap, x.device)
+        for col_start, col_end in cols:
+            col_weight = _feather(col_start, col_end, width, overlap, x.device)
+            weight = row_weight[:, None] * col_weight[None, :]
+            piece = _run(net, x[..., row_start:row_end, col_start:col_end])
+            out[..., row_start:row_end, col_start:col_end] += piece * weight
+            weight_sum[..., row_start:row_end, col_start:col_end] += weight
+    logger.debug("stylized %dx%d in %d tiles of %d px", width, height, len(rows) * len(cols), tile)
+    return out / weight_sum
+
+
+def _spans(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
+    """[start, end) spans of at most `tile` covering [0, length); consecutive spans share at
+    least `overlap`. Starts are multiples of the grid as long as length and tile are."""
+    if length <= tile:
+        yield 0, length
+        return
+    step = tile - overlap
+    start = 0
+    while start + tile < length:
+        yield start, start + tile
+        start += step
+    yield length - tile, length
+
+
+def _feather(start: int, end: int, length: int, overlap: int, device: torch.device) -> torch.Tensor:
+    """1-D blend weights of a span: linear ramps over `overlap` px at edges shared with a
+    neighbour (never zero, so every pixel keeps some weight), flat 1 at the image border."""
+    weight = torch.ones(end - start, device=device)
+    if overlap == 0:
+        return weight
+    ramp = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
+    if start > 0:
+        weight[:overlap] = torch.minimum(weight[:overlap], ramp)
+    if end < length:
+        weight[-overlap:] = torch.minimum(weight[-overlap:], ramp.flip(0))
+    return weight
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad H, W up to `multiple`, split evenly; reflect, or replicate when the image is too
+    small to reflect (same rule as the U-Net, so an untiled run equals `net(x)`)."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (0, 0)
+    top, left = pad_h // 2, pad_w // 2
+    pads = (left, pad_w - left, top, pad_h - top)
+    fits = max(pads[0], pads[1]) < width and max(pads[2], pads[3]) < height
+    return F.pad(x, pads, mode="reflect" if fits else "replicate"), (top, left)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-int(value) // multiple) * multiple
+
+
+def _module_device(net: nn.Module) -> torch.device:
+    tensor = next(iter(net.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(net.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------ many files
+
+
+@dataclass
+class StylizeReport:
+    """What `stylize_paths` did: files written, outputs kept because they existed, failures."""
+
+    output_dir: Path
+    written: list[tuple[Path, Path]] = field(default_factory=list)
+    existing: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.written) + len(self.existing) + len(self.failed)
+
+    def summary(self) -> str:
+        lines = [f"stylized {len(self.written)} of {self.num_inputs} images into {self.output_dir}"]
+        if self.existing:
+            lines.append(
+                f"{len(self.existing)} output(s) already existed and were kept "
+                "(pass overwrite=true to replace them)"
+            )
+        if self.failed:
+            lines.append(f"{len(self.failed)} input(s) skipped:")
+            lines.extend(f"  {path}: {reason}" for path, reason in self.failed)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "output_dir": str(self.output_dir),
+            "num_inputs": self.num_inputs,
+            "num_written": len(self.written),
+            "num_existing": len(self.existing),
+            "num_failed": len(self.failed),
+            "written": [{"input": str(i), "output": str(o)} for i, o in self.written],
+            "existing": [str(p) for p in self.existing],
+            "failed": [{"input": str(p), "reason": r} for p, r in self.failed],
+        }
+
+
+def output_paths(
+    inputs: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    ext: str = "png",
+    suffix: str = "",
+    recursive: bool = True,
+) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for a file or a folder of images.
+
+    Output names mirror the inputs (subfolders kept): `<rel dir>/<stem><suffix>.<ext>`. When
+    two inputs would share an output (`a.jpg`, `a.png`), their original suffix is kept in the
+    name (`a_jpg.png`, `a_png.png`). A folder's listing skips files inside `output_dir` (when it
+    is a subfolder of the input) so reruns never stylize their own results.
+    """
+    source = Path(inputs)
+    output_dir = Path(output_dir)
+    ext = ext.lower().lstrip(".")
+    if f".{ext}" not in WRITE_FORMATS:
+        raise ValueError(f"ext={ext!r} cannot be written; use one of {sorted(WRITE_FORMATS)}")
+    if not source.exists():
+        raise FileNotFoundError(f"input '{source}' does not exist; give an image or a folder")
+    if source.is_dir():
+        out_resolved = output_dir.resolve()
+        src_resolved = source.resolve()
+        files = [
+            path
+            for path in list_images(source, recursive=recursive)
+            if out_resolved == src_resolved or not path.resolve().is_relative_to(out_resolved)
+        ]
+        relatives = [path.relative_to(source) for path in files]
+    else:
+        files, relatives = [source], [Path(source.name)]
+
+    def name(relative: Path, keep_suffix: bool) -> Path:
+        stem = f"{relative.stem}_{relative.suffix.lstrip('.')}" if keep_suffix else relative.stem
+        return output_dir / relative.parent / f"{stem}{suffix}.{ext}"
+
+    plain = [name(rel, keep_suffix=False) for rel in relatives]
+    counts: dict[Path, int] = {}
+    for path in plain:
+        counts[path] = counts.get(path, 0) + 1
+    pairs = [
+        (src, name(rel, keep_suffix=True) if counts[out] > 1 else out)
+        for src, rel, out in zip(files, relatives, plain)
+    ]
+    clashes = [src for src, out in pairs if src.resolve() == out.resolve()]
+    if clashes:
+        raise ValueError(
+            f"output would replace its own input ('{clashes[0]}' and {len(clashes) - 1} more); "
+            "choose another output folder or set suffix=_toon"
+        )
+    return pairs
+
+
+def stylize_paths(
+    net: nn.Module,
+    inputs: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    ext: str = "png",
+    suffix: str = "",
+    recursive: bool = True,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> StylizeReport:
+    """Stylize an image file or a folder of them into `output_dir` (see `output_paths`).
+
+    Unreadable files are logged with the reason and skipped; the rest are still processed.
+    Existing outputs are kept unless `overwrite=True`. Returns a `StylizeReport`, whose
+    summary is also logged.
+    """
+    pairs = output_paths(inputs, output_dir, ext=ext, suffix=suffix, recursive=recursive)
+    report = StylizeReport(output_dir=Path(output_dir))
+    if not pairs:
+        logger.warning("no images found in %s (looked for %s files)", inputs, ext)
+        return report
+    bar = tqdm(pairs, desc="stylize", unit="img", disable=not progress, dynamic_ncols=True)
+    with logging_redirect_tqdm() if progress else nullcontext():
+        for source, target in bar:
+            if not overwrite and target.exists():
+                logger.info("kept existing %s (pass overwrite=true to replace it)", target)
+                report.existing.append(target)
+                continue
+            try:
+                image = read_image(source, max_pixels=max_pixels)
+            except ImageReadError as error:
+                logger.warning("skipped %s: %s", source, error.reason)
+                report.failed.append((source, error.reason))
+                continue
+            try:
+                result = stylize_image(
+                    net, image, tile=tile, overlap=overlap, device=device, precision=precision
+                )
+            except (torch.OutOfMemoryError, MemoryError) as error:
+                reason = f"out of memory ({type(error).__name__}); retry with tile=512"
+                logger.warning("skipped %s: %s", source, reason)
+                report.failed.append((source, reason))
+                continue
+            try:
+                write_image(target, result, overwrite=overwrite)
+            except FileExistsError:  # appeared while we were working on it
+                report.existing.append(target)
+                continue
+            report.written.append((source, target))
+    log = logger.warning if report.failed else logger.info
+    log("%s", report.summary())
+    return report

@@ -1,0 +1,420 @@
+"""Inference: the stylizer file format and its safety, any-size and tiled stylization, folders
+with bad files and existing outputs, the stylize task and ONNX export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from portrait_toon.config import ConfigError, compose_config
+from portrait_toon.data.images import read_image, to_tensor, to_uint8, write_image
+from portrait_toon.inference import export
+from portrait_toon.inference.export import (
+    StylizerLoadError,
+    export_onnx,
+    export_program,
+    save_stylizer,
+    stylizer_record,
+)
+from portrait_toon.inference.stylize import (
+    load_stylizer,
+    output_paths,
+    stylize_image,
+    stylize_paths,
+    stylize_tensor,
+)
+from portrait_toon.nets.unet import UNet
+from portrait_toon.tasks.stylize import stylize
+
+TINY_UNET = {
+    "base_channels": 8,
+    "depth": 3,
+    "channel_mult": [1, 2, 4],
+    "blocks_per_level": 1,
+    "bottleneck_blocks": 1,
+}
+INFERENCE_LOGGER = "portrait_toon.inference.stylize"
+
+
+def tiny_unet(seed: int = 0) -> UNet:
+    """A small U-Net whose weights are randomised, so it is far from the identity it starts as."""
+    torch.manual_seed(seed)
+    net = UNet(**TINY_UNET)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return net.eval()
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour gradients plus noise: content with structure at every scale."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx / width, yy / height, (xx + yy) / (width + height)], axis=2) * 200
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def net() -> UNet:
+    return tiny_unet()
+
+
+@pytest.fixture
+def exported(tmp_path: Path, net: UNet) -> Path:
+    return save_stylizer(tmp_path / "run" / "stylizer.pt", net, metadata={"step": 7})
+
+
+# ------------------------------------------------------------------------- any size, tiling
+
+
+@pytest.mark.parametrize(("height", "width"), [(97, 131), (40, 72), (131, 97), (8, 8)])
+def test_output_size_equals_input_and_matches_the_net(net: UNet, height: int, width: int) -> None:
+    image = photo(height, width)
+    out = stylize_image(net, image)
+    assert out.shape == (height, width, 3) and out.dtype == np.uint8
+    with torch.no_grad():
+        reference = to_uint8(net(to_tensor(image)))
+    np.testing.assert_array_equal(out, reference)
+    assert np.abs(out.astype(int) - image).mean() > 5  # the randomised net really changes it
+
+
+def test_tiled_matches_untiled_and_tiles_bound_the_input(net: UNet) -> None:
+    image = photo(64, 200, seed=1)
+    x = to_tensor(image)
+    whole = stylize_tensor(net, x)
+
+    seen: list[tuple[int, ...]] = []
+    hook = net.register_forward_hook(lambda _m, inputs, _o: seen.append(tuple(inputs[0].shape)))
+    try:
+        tiled = stylize_tensor(net, x, tile=64, overlap=32)
+    finally:
+        hook.remove()
+    # 200 px wide, tiles of 64 every 32 px: starts 0, 32, 64, 96, 128 and 136.
+    assert seen == [(1, 3, 64, 64)] * 6
+    seamed = stylize_tensor(net, x, tile=64, overlap=0)
+
+    error = (tiled - whole).abs()
+    assert error.mean() < 0.005 and error.max() < 0.05
+    # Feathering is what makes it seamless: hard tile borders are visibly worse.
+    assert (seamed - whole).abs().max() > 2 * error.max()
+    untiled_uint8 = to_uint8(whole).astype(int)
+    assert np.abs(to_uint8(tiled).astype(int) - untiled_uint8).max() <= 6
+
+
+def test_tiling_on_odd_sizes_keeps_the_size(net: UNet) -> None:
+    image = photo(97, 131, seed=2)
+    whole = stylize_image(net, image)
+    tiled = stylize_image(net, image, tile=48, overlap=16)
+    assert tiled.shape == image.shape
+    assert np.abs(tiled.astype(int) - whole).mean() < 1.5
+
+
+def test_bad_arguments_are_refused(net: UNet) -> None:
+    x = to_tensor(photo(16, 16))
+    with pytest.raises(ValueError, match="bf16 needs a CUDA device"):
+        stylize_tensor(net, x, precision="bf16")
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        stylize_tensor(net, x, precision="fp16")
+    with pytest.raises(ValueError, match="tile=0"):
+        stylize_tensor(net, x, tile=0)
+    with pytest.raises(ValueError, match="one RGB image"):
+        stylize_tensor(net, torch.zeros(2, 3, 16, 16))
+
+
+# -------------------------------------------------------------------------- stylizer files
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_export_round_trip(tmp_path: Path, net: UNet, suffix: str) -> None:
+    path = save_stylizer(tmp_path / f"stylizer{suffix}", net)
+    loaded = load_stylizer(path, "cpu")
+    assert isinstance(loaded, UNet) and not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert loaded.config == net.config
+    x = to_tensor(photo(40, 56))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"stylizer{suffix}"]  # atomic write
+
+
+def test_export_file_is_plain_and_weights_only(exported: Path) -> None:
+    content = torch.load(exported, weights_only=True)
+    assert content["format"] == "portrait_toon.stylizer/1"
+    assert content["target"] == "portrait_toon.nets.unet.UNet"
+    assert content["kwargs"]["base_channels"] == 8 and content["metadata"]["step"] == 7
+
+
+def lightning_like_checkpoint(path: Path, raw: UNet, ema: UNet) -> Path:
+    """What train.py's Lightning checkpoint holds: raw net, EMA wrapper, D, record, extras."""
+    state = {f"net.{k}": v for k, v in raw.state_dict().items()}
+    state.update({f"net_ema.module.{k}": v for k, v in ema.state_dict().items()})
+    state["net_ema.num_updates"] = torch.tensor(12)
+    state["discriminator.conv.weight"] = torch.zeros(4, 3, 3, 3)
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 12,
+            "pytorch-lightning_version": "2.6.0",
+            "state_dict": state,
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 2e-4}]}],
+            "stylizer": stylizer_record(ema),
+        },
+        path,
+    )
+    return path
+
+
+def test_lightning_checkpoint_loads_the_ema_weights(tmp_path: Path) -> None:
+    raw, ema = tiny_unet(seed=1), tiny_unet(seed=2)
+    path = lightning_like_checkpoint(tmp_path / "last.ckpt", raw, ema)
+    loaded = load_stylizer(path)
+    x = to_tensor(photo(32, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ema(x), rtol=0, atol=0)
+        assert not torch.allclose(loaded(x), raw(x))
+
+
+def test_lightning_checkpoint_without_record_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "old.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": tiny_unet().state_dict()}, path)
+    with pytest.raises(StylizerLoadError, match="does not record how to build.*stylizer.pt"):
+        load_stylizer(path)
+
+
+class Payload:
+    """Unpickling this would create a folder: the side effect a hostile file would have."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_hostile_pickle_is_refused_without_running_it(tmp_path: Path, net: UNet) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "stylizer.pt"
+    record = stylizer_record(net)
+    torch.save({**record, "state_dict": net.state_dict(), "metadata": Payload(marker)}, path)
+    with pytest.raises(StylizerLoadError, match="stylizer.pt.*refused"):
+        load_stylizer(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("os.system", "outside the allowed packages"),
+        ("torch.nn.Conv2d", "outside the allowed packages"),
+        ("portrait_toon.nets.unet.F", "not a network class"),  # a module imported there
+        ("portrait_toon.nets.unet.nn.Module", "cannot be imported"),
+        ("portrait_toon.nets.nowhere.Net", "cannot be imported"),
+        ("UNet; import os", "not a dotted class name"),
+    ],
+)
+def test_only_project_nets_can_be_named(
+    tmp_path: Path, net: UNet, target: str, message: str
+) -> None:
+    path = tmp_path / "stylizer.pt"
+    record = {**stylizer_record(net), "target": target}
+    torch.save({**record, "state_dict": net.state_dict()}, path)
+    with pytest.raises(StylizerLoadError, match=message):
+        load_stylizer(path)
+
+
+class StandIn(nn.Module):
+    """A network defined outside portrait_toon.nets (only loadable once allow-listed)."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.config = {"channels": channels}
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x))
+
+
+def test_allow_list_is_the_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(StylizerLoadError, match="outside the allowed packages"):
+        save_stylizer(tmp_path / "s.pt", StandIn())  # refused at save time already
+    monkeypatch.setattr(export, "ALLOWED_NET_PACKAGES", ("portrait_toon.nets", __name__))
+    path = save_stylizer(tmp_path / "s.pt", StandIn())
+    loaded = load_stylizer(path)
+    assert isinstance(loaded, StandIn)
+    assert stylize_image(loaded, photo(13, 21)).shape == (13, 21, 3)  # no pad_multiple: 32
+
+
+def test_bad_files_give_clear_errors(tmp_path: Path, net: UNet) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.pt.*ckpt=PATH"):
+        load_stylizer(tmp_path / "nothing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(256))
+    with pytest.raises(StylizerLoadError, match="garbage.pt"):
+        load_stylizer(garbage)
+    bare = tmp_path / "bare.pt"
+    torch.save(net.state_dict(), bare)
+    with pytest.raises(StylizerLoadError, match="bare.pt: neither a portrait_toon stylizer"):
+        load_stylizer(bare)
+    wrong_shape = tmp_path / "wrong.pt"
+    record = {**stylizer_record(net), "kwargs": {**net.config, "base_channels": 16}}
+    torch.save({**record, "state_dict": net.state_dict()}, wrong_shape)
+    with pytest.raises(StylizerLoadError, match="wrong.pt.*does not fit"):
+        load_stylizer(wrong_shape)
+    with pytest.raises(ValueError, match="kwargs.norm holds a object"):
+        save_stylizer(tmp_path / "x.pt", net, {**net.config, "norm": object()})
+
+
+# ------------------------------------------------------------------------------- folders
+
+
+def make_folder(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    good = write_image(root / "portrait.png", photo(97, 131, seed=3))
+    nested = write_image(root / "group" / "wide.jpg", photo(40, 72, seed=4))
+    whole = write_image(root / "whole.jpg", photo(64, 64, seed=5))
+    broken = root / "broken.jpg"
+    broken.write_bytes(whole.read_bytes()[:300])
+    whole.unlink()
+    (root / "readme.txt").write_text("not an image")
+    return {"good": good, "nested": nested, "broken": broken}
+
+
+def test_folder_with_a_corrupt_file(
+    tmp_path: Path, net: UNet, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = make_folder(tmp_path / "in")
+    out_dir = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        report = stylize_paths(net, tmp_path / "in", out_dir, progress=False)
+    written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    assert written == ["group/wide.png", "portrait.png"]
+    assert read_image(out_dir / "portrait.png").shape == (97, 131, 3)
+    assert read_image(out_dir / "group" / "wide.png").shape == (40, 72, 3)
+    assert len(report.written) == 2 and not report.existing
+    assert [path for path, _ in report.failed] == [files["broken"]]
+    assert "truncated" in report.failed[0][1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("broken.jpg" in message for message in warnings)
+    assert "stylized 2 of 3 images" in report.summary()
+
+
+def test_rerun_keeps_existing_outputs_unless_asked(
+    tmp_path: Path, net: UNet, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_folder(tmp_path / "in")
+    out_dir = tmp_path / "out"
+    stylize_paths(net, tmp_path / "in", out_dir, progress=False)
+    target = out_dir / "portrait.png"
+    os.utime(target, (1_000_000, 1_000_000))  # an old, recognisable mtime
+    before = target.read_bytes()
+
+    with caplog.at_level(logging.INFO, logger=INFERENCE_LOGGER):
+        report = stylize_paths(net, tmp_path / "in", out_dir, progress=False)
+    assert target.stat().st_mtime == 1_000_000 and target.read_bytes() == before
+    assert sorted(report.existing) == [out_dir / "group" / "wide.png", target]
+    assert not report.written
+    assert any("overwrite=true" in r.getMessage() for r in caplog.records)
+    assert "2 output(s) already existed and were kept" in report.summary()
+
+    report = stylize_paths(net, tmp_path / "in", out_dir, overwrite=True, progress=False)
+    assert len(report.written) == 2 and target.stat().st_mtime > 1_000_000
+    assert target.read_bytes() == before  # same input, same net: same result
+
+
+def test_single_file_and_suffix(tmp_path: Path, net: UNet) -> None:
+    source = write_image(tmp_path / "me.jpg", photo(50, 30))
+    report = stylize_paths(net, source, tmp_path / "out", ext="jpg", suffix="_toon", progress=False)
+    assert report.written == [(source, tmp_path / "out" / "me_toon.jpg")]
+    assert (tmp_path / "out" / "me_toon.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_output_names(tmp_path: Path) -> None:
+    for name in ["a.jpg", "a.png", "b.png", "toons/old.png"]:
+        write_image(tmp_path / name, photo(8, 8))
+    pairs = output_paths(tmp_path, tmp_path / "toons")
+    names = {src.name: out.relative_to(tmp_path / "toons").as_posix() for src, out in pairs}
+    # same stem: the original suffix disambiguates; the output folder inside is not an input
+    assert names == {"a.jpg": "a_jpg.png", "a.png": "a_png.png", "b.png": "b.png"}
+    with pytest.raises(ValueError, match="replace its own input"):
+        output_paths(tmp_path / "b.png", tmp_path)
+    assert output_paths(tmp_path / "b.png", tmp_path, suffix="_toon")[0][1].name == "b_toon.png"
+    with pytest.raises(ValueError, match="ext='gif' cannot be written"):
+        output_paths(tmp_path, tmp_path / "out", ext="gif")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        output_paths(tmp_path / "nowhere", tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------- the task
+
+
+def compose(tmp_path: Path, *overrides: str):
+    return compose_config("stylize", overrides, output_dir=tmp_path / "run")
+
+
+def test_task_stylizes_a_folder_and_writes_a_report(tmp_path: Path, exported: Path) -> None:
+    make_folder(tmp_path / "in")
+    cfg = compose(
+        tmp_path,
+        f"ckpt={exported.parent}",  # a run folder: its stylizer.pt
+        f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'out'}",
+        "progress=false",
+    )
+    report = stylize(cfg)
+    assert len(report.written) == 2 and len(report.failed) == 1
+    saved = json.loads((tmp_path / "run" / "stylize_report.json").read_text())
+    assert saved["num_written"] == 2 and saved["failed"][0]["input"].endswith("broken.jpg")
+    assert saved["ckpt"] == str(exported)
+
+
+def test_task_errors_name_the_key(tmp_path: Path, exported: Path) -> None:
+    with pytest.raises(ConfigError, match="ckpt is required.*python stylize.py ckpt="):
+        stylize(compose(tmp_path, f"input={tmp_path}", f"output={tmp_path / 'o'}"))
+    with pytest.raises(ConfigError, match="input is required"):
+        stylize(compose(tmp_path, f"ckpt={exported}", f"output={tmp_path / 'o'}"))
+    with pytest.raises(ConfigError, match="input=.*nowhere: no such file or folder"):
+        stylize(compose(tmp_path, f"ckpt={exported}", f"input={tmp_path / 'nowhere'}", "output=o"))
+    with pytest.raises(ConfigError, match="ckpt=.*missing.pt: no such file"):
+        stylize(
+            compose(tmp_path, f"ckpt={tmp_path / 'missing.pt'}", f"input={tmp_path}", "output=o")
+        )
+    with pytest.raises(ConfigError, match="tile=-5"):
+        stylize(compose(tmp_path, f"ckpt={exported}", f"input={tmp_path}", "output=o", "tile=-5"))
+
+
+# ----------------------------------------------------------------------------------- ONNX
+
+
+def test_exported_program_takes_dynamic_sizes(net: UNet) -> None:
+    program = export_program(net, (32, 48)).module()
+    for height, width in [(32, 48), (64, 24)]:
+        x = to_tensor(photo(height, width))
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), net(x))
+
+
+def test_onnx_export(tmp_path: Path, net: UNet) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install onnx onnxscript"):
+            export_onnx(net, tmp_path / "f.onnx", (32, 32))
+        pytest.skip("onnx/onnxscript not installed: checked the install hint only")
+    path = export_onnx(net, tmp_path / "f.onnx", (32, 32))
+    assert path.stat().st_size > 1000
+
+
+def test_library_never_prints(tmp_path: Path, net: UNet, capsys) -> None:
+    source = write_image(tmp_path / "a.png", photo(16, 16))
+    stylize_paths(net, source, tmp_path / "out", progress=False)
+    assert capsys.readouterr().out == ""
+    Image.open(tmp_path / "out" / "a.png").verify()
