@@ -1,0 +1,361 @@
+"""PairSynthesizer: the synthesis stages composed into (src, tgt) training pairs, batched.
+
+generator -> mixer -> segmenter -> masks -> background stylizer -> composite X_fb -> colour
+reflection X_cr -> CutFace -> paired crop/flip (METHOD.md sections 1-3, docs/interfaces.md).
+Pair `i` is a pure function of `(base_seed, i)` and the configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from portrait_toon.synthesis.augment import paired_crop_flip, sample_crop_params
+from portrait_toon.synthesis.color import reflect_skin_tone
+from portrait_toon.synthesis.cutface import paste_tiles, sample_cutface
+from portrait_toon.synthesis.landscapes import LandscapeBank
+from portrait_toon.synthesis.latents import pair_seed
+from portrait_toon.synthesis.parsing import (
+    HEAD_CLASS_IDS,
+    SKIN_CLASS_IDS,
+    erode,
+    head_mask,
+    scaled_px,
+    skin_mask,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULTS", "PairSynthesizer"]
+
+# Every key the four augmentation dicts accept, with its default (conf/augmentation/default.yaml
+# documents them). Sizes in px are at `reference_resolution` (short side) and scale with the
+# image, so one config serves 64 px tests and 1024 px runs.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "head_mask": {
+        "classes": list(HEAD_CLASS_IDS),
+        "dilate": 4.0,
+        "feather": 4.0,
+        "reference_resolution": 256,
+    },
+    "color_reflection": {
+        "enabled": True,
+        "alpha": [1.0, 1.0, 1.0],
+        "min_skin_fraction": 0.002,
+        "target_skin": "parse",
+        "mode": "mean",
+        "skin_classes": list(SKIN_CLASS_IDS),
+        "erode": 3.0,
+        "reference_resolution": 256,
+    },
+    "cutface": {
+        "enabled": True,
+        "p": 0.3,
+        "max_faces": 4,
+        "side_range": [0.15, 0.5],
+        "landscape_dir": None,
+        "feather": 2.0,
+        "max_tries": 50,
+        "content_scale_range": [1.2, 1.6],
+        "content_shift": 0.1,
+        "reference_resolution": 256,
+    },
+    "crop": {
+        "enabled": True,
+        "scale_range": [0.8, 1.0],
+        "flip": True,
+    },
+}
+
+TARGET_SKIN_CHOICES = ("parse", "eroded")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dict/list (hydra passes DictConfig/ListConfig kwargs)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _merge_options(group: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults of `group` updated with `given`; an unknown key is an error that names it."""
+    options = copy.deepcopy(DEFAULTS[group])
+    given = _plain(given) or {}
+    if not isinstance(given, Mapping):
+        raise TypeError(f"augmentation.{group} must be a mapping, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise ValueError(
+            f"augmentation.{group}: unknown key(s) {unknown}; allowed keys: {sorted(options)} "
+            "(see conf/augmentation/default.yaml)"
+        )
+    options.update({key: _plain(value) for key, value in given.items()})
+    return options
+
+
+def _resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    shrink = images.shape[-2] > size or images.shape[-1] > size
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )
+
+
+def _resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
+    if labels.shape[-2:] == (size, size):
+        return labels
+    # Nearest neighbour keeps class ids valid (no blending of ids).
+    resized = F.interpolate(labels[:, None].float(), size=(size, size), mode="nearest")
+    return resized[:, 0].round().to(labels.dtype)
+
+
+class PairSynthesizer(nn.Module):
+    """Synthetic training pairs (X_src, X_cr) from seeds, per docs/interfaces.md.
+
+    `generator`, `mixer`, `segmenter` and `bg_stylizer` are the parts picked by the config
+    groups; the four dicts mirror `conf/augmentation/*.yaml` (unknown keys raise). All parts
+    are frozen and kept in eval mode; the synthesizer runs on the device of its parts.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        mixer: nn.Module,
+        segmenter: nn.Module,
+        bg_stylizer: nn.Module,
+        *,
+        resolution: int,
+        base_seed: int,
+        head_mask: Mapping[str, Any] | None = None,
+        color_reflection: Mapping[str, Any] | None = None,
+        cutface: Mapping[str, Any] | None = None,
+        crop: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if int(resolution) <= 0:
+            raise ValueError(f"PairSynthesizer: resolution must be positive, got {resolution}")
+        self.generator = generator
+        self.mixer = mixer
+        self.segmenter = segmenter
+        self.bg_stylizer = bg_stylizer
+        self.resolution = int(resolution)
+        self.base_seed = int(base_seed)
+        self.head_mask_options = _merge_options("head_mask", head_mask)
+        self.color_options = _merge_options("color_reflection", color_reflection)
+        self.cutface_options = _merge_options("cutface", cutface)
+        self.crop_options = _merge_options("crop", crop)
+        self._validate()
+        # An empty buffer tells which device the synthesizer was moved to, even when every
+        # part is parameter-free (the embedded world, the classical stylizer).
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+        self._landscape_bank: LandscapeBank | None = None
+        self.requires_grad_(False)
+        self.train(False)
+
+    def _validate(self) -> None:
+        color = self.color_options
+        if color["target_skin"] not in TARGET_SKIN_CHOICES:
+            raise ValueError(
+                f"augmentation.color_reflection.target_skin must be one of "
+                f"{TARGET_SKIN_CHOICES}, got {color['target_skin']!r}"
+            )
+        if len(color["alpha"]) != 3:
+            raise ValueError(
+                f"augmentation.color_reflection.alpha needs 3 values (L, a, b), "
+                f"got {color['alpha']}"
+            )
+        cut = self.cutface_options
+        if not 0.0 <= float(cut["p"]) <= 1.0:
+            raise ValueError(f"augmentation.cutface.p must be in [0, 1], got {cut['p']}")
+        if int(cut["max_faces"]) < 1:
+            raise ValueError(f"augmentation.cutface.max_faces must be >= 1, got {cut['max_faces']}")
+        # Draw one dummy crop to validate scale_range now rather than mid-training.
+        if self.crop_options["enabled"]:
+            sample_crop_params(torch.zeros(1, dtype=torch.int64), self.crop_options["scale_range"])
+
+    def train(self, mode: bool = True) -> PairSynthesizer:
+        """The synthesizer is a frozen data source: its parts always stay in eval mode."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    @property
+    def landscape_bank(self) -> LandscapeBank:
+        """Landscapes used when `forward` gets none (built once, on first use)."""
+        if self._landscape_bank is None:
+            self._landscape_bank = LandscapeBank(self.cutface_options["landscape_dir"])
+        return self._landscape_bank
+
+    def _px(self, value: float, reference: int | None) -> float:
+        return scaled_px(value, (self.resolution, self.resolution), reference)
+
+    def _landscapes(
+        self, index: torch.Tensor, given: torch.Tensor | None, chosen: torch.Tensor
+    ) -> torch.Tensor:
+        """Float [-1, 1] landscapes at `resolution` for the chosen pairs."""
+        size = (self.resolution, self.resolution)
+        if given is None:
+            seeds = pair_seed(self.base_seed, index[chosen], "landscape")
+            pictures = self.landscape_bank.sample_batch(seeds, size)
+        else:
+            if given.dim() != 4 or given.shape[0] != index.shape[0] or given.shape[1] != 3:
+                raise ValueError(
+                    f"landscapes must be uint8 [B={index.shape[0]}, 3, h, w], "
+                    f"got {given.dtype} {tuple(given.shape)}"
+                )
+            pictures = given[chosen.to(given.device)]
+        pictures = pictures.to(self.device)
+        if pictures.dtype == torch.uint8:
+            pictures = pictures.float() / 127.5 - 1.0
+        return _resize_images(pictures.float(), self.resolution)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        index: torch.Tensor,
+        landscapes: torch.Tensor | None = None,
+        return_stages: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Pairs for the int64 indices `index` [B]; see docs/interfaces.md for the keys."""
+        index = torch.as_tensor(index)
+        if index.dim() != 1 or index.dtype.is_floating_point:
+            raise ValueError(
+                f"index must be a 1-D integer tensor, got {index.dtype} {tuple(index.shape)}"
+            )
+        index_cpu = index.detach().to("cpu", torch.int64)
+        device = self.device
+
+        # Stage 1: source photo, character rendering, parse labels (METHOD.md 1).
+        photo, latents = self.generator.sample(pair_seed(self.base_seed, index_cpu, "latent"))
+        character = self.mixer.render(latents)
+        labels = self.segmenter.parse(photo, latents, domain="source")
+        photo = _resize_images(photo.to(device).float(), self.resolution)
+        character = _resize_images(character.to(device).float(), self.resolution)
+        labels = _resize_labels(labels.to(device), self.resolution)
+
+        head_opts = self.head_mask_options
+        stage_head = head_mask(
+            labels,
+            head_opts["classes"],
+            dilate_px=head_opts["dilate"],
+            feather_px=head_opts["feather"],
+            reference_resolution=head_opts["reference_resolution"],
+        )
+        color = self.color_options
+        stage_skin = skin_mask(labels, color["skin_classes"])
+
+        # Stage 2: stylised background and the composite X_fb.
+        background = self.bg_stylizer(photo)
+        composite = character * stage_head + background * (1.0 - stage_head)
+
+        # Stage 3: colour reflection X_cr (METHOD.md 2).
+        if color["enabled"]:
+            if color["target_skin"] == "parse":
+                character_labels = self.segmenter.parse(character, latents, domain="character")
+                character_labels = _resize_labels(character_labels.to(device), self.resolution)
+                target_skin = skin_mask(character_labels, color["skin_classes"])
+            else:
+                # Proxy: the source skin shrunk away from its border, where the character's
+                # geometry may differ slightly from the photo's.
+                target_skin = erode(
+                    stage_skin, self._px(color["erode"], color["reference_resolution"])
+                )
+            corrected = reflect_skin_tone(
+                composite,
+                photo,
+                stage_head,
+                stage_skin,
+                target_skin,
+                alpha=color["alpha"],
+                min_skin_fraction=color["min_skin_fraction"],
+                mode=color["mode"],
+                target=character,
+            )
+        else:
+            corrected = composite
+
+        # Stage 4: CutFace (METHOD.md 3).
+        src, tgt = photo, corrected
+        out_head, out_skin = stage_head, stage_skin
+        is_cutface = torch.zeros(index_cpu.shape[0], dtype=torch.bool)
+        cut = self.cutface_options
+        if cut["enabled"] and float(cut["p"]) > 0:
+            plans = [
+                sample_cutface(
+                    int(seed),
+                    (self.resolution, self.resolution),
+                    p=float(cut["p"]),
+                    max_faces=int(cut["max_faces"]),
+                    side_range=cut["side_range"],
+                    max_tries=int(cut["max_tries"]),
+                    content_scale_range=cut["content_scale_range"],
+                    content_shift=float(cut["content_shift"]),
+                )
+                for seed in pair_seed(self.base_seed, index_cpu, "cutface").tolist()
+            ]
+            is_cutface = torch.tensor([plan is not None for plan in plans], dtype=torch.bool)
+            if bool(is_cutface.any()):
+                chosen = is_cutface.nonzero()[:, 0]
+                scenery = self._landscapes(index_cpu, landscapes, is_cutface)
+                scenery_toon = self.bg_stylizer(scenery)
+                src, tgt = src.clone(), tgt.clone()
+                out_head, out_skin = out_head.clone(), out_skin.clone()
+                feather = self._px(cut["feather"], cut["reference_resolution"])
+                for row, pair in enumerate(chosen.tolist()):
+                    pasted = paste_tiles(
+                        photo[pair : pair + 1],
+                        corrected[pair : pair + 1],
+                        stage_head[pair : pair + 1],
+                        stage_skin[pair : pair + 1],
+                        scenery[row : row + 1],
+                        scenery_toon[row : row + 1],
+                        plans[pair],
+                        feather_px=feather,
+                    )
+                    src[pair], tgt[pair], out_head[pair], out_skin[pair] = (t[0] for t in pasted)
+
+        # Stage 5: paired crop / flip, identical on both sides.
+        if self.crop_options["enabled"]:
+            params = sample_crop_params(
+                pair_seed(self.base_seed, index_cpu, "crop"),
+                self.crop_options["scale_range"],
+                flip=bool(self.crop_options["flip"]),
+            )
+            src, tgt, out_head, out_skin = paired_crop_flip([src, tgt, out_head, out_skin], params)
+
+        result = {
+            "src": src.clamp(-1.0, 1.0),
+            "tgt": tgt.clamp(-1.0, 1.0),
+            "head_mask": out_head.clamp(0.0, 1.0),
+            "skin_mask": out_skin.clamp(0.0, 1.0),
+            "is_cutface": is_cutface.to(device),
+            "index": index_cpu.to(device),
+        }
+        if return_stages:
+            result.update(
+                photo=photo,
+                labels=labels,
+                character=character,
+                stage_head_mask=stage_head,
+                stage_skin_mask=stage_skin,
+                background=background,
+                composite=composite,
+                corrected=corrected,
+            )
+        return result
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}, base_seed={self.base_seed}"

@@ -1,0 +1,257 @@
+"""PairSynthesizer with small fake parts (a disc-head world) and, when present, the embedded
+procedural world: determinism, batch independence, CutFace/reflection switches, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from portrait_toon.nets.bisenet import CLASS_ID
+from portrait_toon.synthesis.background import ClassicalToonStylizer, IdentityStylizer
+from portrait_toon.synthesis.color import delta_e00, masked_lab_stats, rgb_to_lab
+from portrait_toon.synthesis.latents import generator_for
+from portrait_toon.synthesis.pipeline import PairSynthesizer
+
+REPO = Path(__file__).resolve().parents[2]
+CHARACTER_SKIN = (250, 225, 210)
+
+
+def _colour(rgb) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 127.5 - 1.0
+
+
+class DiscWorld(nn.Module):
+    """Fake generator: a skin disc head with hair and cloth on a textured background; the
+    latents carry the exact labels (like the embedded world's Scene)."""
+
+    def __init__(self, resolution: int = 48) -> None:
+        super().__init__()
+        self.resolution = resolution
+
+    def sample(self, seeds: torch.Tensor):
+        size = self.resolution
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        photos, labels, tones = [], [], []
+        for seed in seeds.tolist():
+            g = generator_for(seed)
+            u = torch.rand(6, generator=g)
+            cy, cx = size * (0.3 + 0.2 * u[0]), size * (0.35 + 0.3 * u[1])
+            radius = size * (0.14 + 0.06 * u[2])
+            dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            label = torch.zeros(size, size, dtype=torch.int64)
+            label[(yy > cy + radius) & ((xx - cx).abs() < radius * 1.5)] = CLASS_ID["cloth"]
+            label[(dist2 <= (radius * 1.3) ** 2) & (yy < cy)] = CLASS_ID["hair"]
+            label[dist2 <= radius**2] = CLASS_ID["skin"]
+            label[(dist2 <= radius**2) & ((yy - cy).abs() < 2) & ((xx - cx).abs() < 2)] = CLASS_ID[
+                "nose"
+            ]
+            tone = 40 + 200 * float(u[3])  # dark to light skin
+            skin = _colour((tone, tone * 0.75, tone * 0.6))
+            background = _colour((255 * float(u[4]), 120, 255 * float(u[5])))
+            texture = 0.2 * torch.rand(3, size, size, generator=g) - 0.1
+            photo = (background + texture).clone()
+            photo = torch.where(label == CLASS_ID["skin"], skin, photo)
+            photo = torch.where(label == CLASS_ID["nose"], skin * 0.9, photo)
+            photo = torch.where(label == CLASS_ID["hair"], _colour((30, 20, 10)), photo)
+            photo = torch.where(label == CLASS_ID["cloth"], _colour((20, 40, 160)), photo)
+            photos.append(photo.clamp(-1, 1))
+            labels.append(label)
+            tones.append(tone)
+        return torch.stack(photos), {"labels": torch.stack(labels), "tones": tones}
+
+
+class DiscCharacter(nn.Module):
+    """Fake mixer: the same geometry with the character's fixed light skin and flat colours."""
+
+    def render(self, latents) -> torch.Tensor:
+        labels = latents["labels"]
+        out = torch.empty(labels.shape[0], 3, *labels.shape[-2:])
+        out[:] = _colour((200, 200, 240))
+        skin = (labels == CLASS_ID["skin"]) | (labels == CLASS_ID["nose"])
+        out = torch.where(skin[:, None], _colour(CHARACTER_SKIN), out)
+        return torch.where((labels == CLASS_ID["hair"])[:, None], _colour((90, 40, 120)), out)
+
+
+class ExactParser(nn.Module):
+    """Fake segmenter: the world's exact labels (the same for both domains)."""
+
+    def parse(self, images, latents=None, domain="source") -> torch.Tensor:
+        return latents["labels"]
+
+
+def make(resolution=48, stylizer=None, **options) -> PairSynthesizer:
+    return PairSynthesizer(
+        DiscWorld(options.pop("generator_resolution", resolution)),
+        DiscCharacter(),
+        ExactParser(),
+        stylizer if stylizer is not None else IdentityStylizer(),
+        resolution=resolution,
+        base_seed=options.pop("base_seed", 123),
+        **options,
+    )
+
+
+def test_outputs_and_shapes():
+    synth = make(resolution=32, generator_resolution=48)
+    index = torch.arange(5)
+    out = synth(index, return_stages=True)
+    for key in ("src", "tgt"):
+        assert out[key].shape == (5, 3, 32, 32) and out[key].dtype == torch.float32
+        assert float(out[key].abs().max()) <= 1.0
+    for key in ("head_mask", "skin_mask", "stage_head_mask", "stage_skin_mask"):
+        assert out[key].shape == (5, 1, 32, 32)
+        assert float(out[key].min()) >= 0.0 and float(out[key].max()) <= 1.0
+    assert out["is_cutface"].dtype == torch.bool and out["is_cutface"].shape == (5,)
+    assert torch.equal(out["index"], index)
+    assert out["labels"].shape == (5, 32, 32) and out["labels"].dtype == torch.int64
+    for key in ("photo", "character", "background", "composite", "corrected"):
+        assert out[key].shape == (5, 3, 32, 32)
+    assert "photo" not in synth(index)
+    assert not any(p.requires_grad for p in synth.parameters())
+
+
+def test_same_index_same_pair_and_batch_composition_independent():
+    synth = make(stylizer=ClassicalToonStylizer(), cutface={"p": 0.5})
+    first = synth(torch.tensor([3, 7, 11, 12, 13, 14]))
+    again = synth(torch.tensor([3, 7, 11, 12, 13, 14]))
+    for key in ("src", "tgt", "head_mask", "skin_mask", "is_cutface"):
+        assert torch.equal(first[key], again[key])
+    alone = synth(torch.tensor([7]))
+    for key in ("src", "tgt", "head_mask", "skin_mask"):
+        assert torch.allclose(first[key][1], alone[key][0], atol=1e-5)
+    assert bool(first["is_cutface"][1]) == bool(alone["is_cutface"][0])
+    # Different base seed, different pairs.
+    other = make(stylizer=ClassicalToonStylizer(), base_seed=124)(torch.tensor([3]))
+    assert not torch.allclose(other["src"][0], first["src"][0])
+
+
+def test_cutface_probability_switch():
+    index = torch.arange(12)
+    never = make(cutface={"p": 0.0})(index)
+    assert not bool(never["is_cutface"].any())
+    off = make(cutface={"enabled": False, "p": 1.0})(index)
+    assert not bool(off["is_cutface"].any())
+    always = make(cutface={"p": 1.0}, crop={"enabled": False})(index, return_stages=True)
+    assert bool(always["is_cutface"].all())
+    # CutFace pairs are no longer the photo, and their heads are the pasted tiles.
+    assert not torch.allclose(always["src"], always["photo"])
+    assert float(always["head_mask"].sum()) > 0
+
+
+def test_cutface_uses_given_landscapes_outside_the_tiles():
+    size = 40
+    synth = make(resolution=size, cutface={"p": 1.0, "feather": 0.0}, crop={"enabled": False})
+    landscapes = torch.zeros(3, 3, 20, 30, dtype=torch.uint8)  # resized to 40x40 inside
+    landscapes[:, 1] = 255  # pure green
+    out = synth(torch.arange(3), landscapes=landscapes)
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1)
+    outside = out["head_mask"][:, 0] == 0
+    # Pixels that hold no pasted head are landscape or pasted non-head content; a large
+    # share is exactly the landscape on both sides (IdentityStylizer: B(L) = L).
+    for i in range(3):
+        src = out["src"][i][:, outside[i]]
+        tgt = out["tgt"][i][:, outside[i]]
+        exact = (src == green).all(dim=0)
+        assert float(exact.float().mean()) > 0.3
+        assert torch.equal(tgt[:, exact], src[:, exact])
+    with pytest.raises(ValueError, match="landscapes must be uint8"):
+        synth(torch.arange(3), landscapes=landscapes[:2])
+
+
+def skin_delta(out, image_key, reference_rgb=None, reference_key=None):
+    """Per-pair ΔE00 between the mean skin Lab of `image_key` and a reference colour/image."""
+    mask = out["stage_skin_mask"]
+    mean, _, _ = masked_lab_stats(rgb_to_lab(out[image_key]), mask)
+    if reference_key is not None:
+        ref, _, _ = masked_lab_stats(rgb_to_lab(out[reference_key]), mask)
+    else:
+        ref = rgb_to_lab(_colour(reference_rgb)[None])[:, :, 0, 0].expand_as(mean)
+    return delta_e00(mean, ref)
+
+
+@pytest.mark.parametrize("target_skin", ["parse", "eroded"])
+def test_color_reflection_switch(target_skin):
+    index = torch.arange(6)
+    options = {"cutface": {"enabled": False}, "crop": {"enabled": False}}
+    on = make(color_reflection={"target_skin": target_skin}, **options)(index, return_stages=True)
+    off = make(color_reflection={"enabled": False}, **options)(index, return_stages=True)
+    # Off: the target's skin keeps the character's tone.
+    assert torch.equal(off["tgt"], off["composite"])
+    assert float(skin_delta(off, "tgt", CHARACTER_SKIN).max()) < 1.0
+    # On: the target's skin follows the photo's tone (the fake tones span dark to light).
+    assert float(skin_delta(on, "tgt", reference_key="photo").max()) < 2.0
+    assert float(skin_delta(off, "tgt", reference_key="photo").max()) > 10.0
+    # Outside the head nothing changes.
+    outside = on["stage_head_mask"].expand_as(on["tgt"]) == 0
+    assert torch.equal(on["tgt"][outside], off["tgt"][outside])
+
+
+def test_composite_is_character_on_head_and_background_elsewhere():
+    out = make(
+        stylizer=ClassicalToonStylizer(), cutface={"enabled": False}, crop={"enabled": False}
+    )(torch.arange(3), return_stages=True)
+    head = out["stage_head_mask"].expand_as(out["composite"])
+    assert torch.allclose(out["composite"][head == 1], out["character"][head == 1])
+    assert torch.allclose(out["composite"][head == 0], out["background"][head == 0])
+    assert not torch.allclose(out["background"], out["photo"])  # the stylizer ran
+
+
+def test_crop_applies_identically():
+    index = torch.arange(4)
+    plain = make(
+        cutface={"enabled": False}, crop={"enabled": False}, color_reflection={"enabled": False}
+    )(index)
+    cropped = make(
+        cutface={"enabled": False},
+        crop={"scale_range": [0.5, 0.7]},
+        color_reflection={"enabled": False},
+    )(index)
+    assert not torch.allclose(plain["src"], cropped["src"])
+    # Identity stylizer + no reflection: outside the head src == tgt, and the crop keeps it so.
+    outside = cropped["head_mask"].expand_as(cropped["src"]) == 0
+    assert torch.allclose(cropped["src"][outside], cropped["tgt"][outside], atol=1e-6)
+
+
+def test_unknown_and_bad_options():
+    with pytest.raises(ValueError, match=r"augmentation.cutface: unknown key\(s\) \['prob'\]"):
+        make(cutface={"prob": 0.3})
+    with pytest.raises(ValueError, match="target_skin"):
+        make(color_reflection={"target_skin": "guess"})
+    with pytest.raises(ValueError, match="cutface.p"):
+        make(cutface={"p": 2})
+    with pytest.raises(ValueError, match="scale_range"):
+        make(crop={"scale_range": [0.5, 1.5]})
+    with pytest.raises(ValueError, match="index"):
+        make()(torch.tensor([0.5]))
+
+
+def test_real_config_files_compose():
+    augmentation = OmegaConf.load(REPO / "conf/augmentation/default.yaml")
+    stylizer = instantiate(OmegaConf.load(REPO / "conf/bg_stylizer/classical.yaml"))
+    assert isinstance(stylizer, ClassicalToonStylizer)
+    assert isinstance(
+        instantiate(OmegaConf.load(REPO / "conf/bg_stylizer/identity.yaml")), IdentityStylizer
+    )
+    synth = PairSynthesizer(
+        DiscWorld(32),
+        DiscCharacter(),
+        ExactParser(),
+        stylizer,
+        resolution=32,
+        base_seed=0,
+        **augmentation,
+    )
+    assert synth.cutface_options["p"] == pytest.approx(0.3)
+    out = synth(torch.arange(2))
+    assert out["src"].shape == (2, 3, 32, 32)
+
+
+def test_synthesizer_stays_in_eval_mode():
+    synth = make()
+    synth.train()
+    assert not synth.training and not synth.generator.training
