@@ -117,3 +117,43 @@ def test_identity_and_bad_input():
         ClassicalToonStylizer()(torch.rand(1, 4, 8, 8))
     with pytest.raises(ValueError, match="edge_strength"):
         ClassicalToonStylizer(edge_strength=2.0)
+
+
+def test_animegan_stylizer_loads_public_layout_file(tmp_path):
+    from portrait_toon.checkpoints import MissingWeightsError
+    from portrait_toon.nets.animegan import Generator
+    from portrait_toon.synthesis.background import AnimeGANStylizer
+
+    torch.manual_seed(0)
+    reference = Generator().eval()
+    torch.save(reference.state_dict(), tmp_path / "paprika.pt")  # a bare state_dict, as upstream
+    stylizer = AnimeGANStylizer(tmp_path, "paprika.pt")
+    stylizer.train()
+    assert not stylizer.training and not stylizer.net.training
+    images = torch.rand(2, 3, 20, 28) * 2 - 1
+    out = stylizer(images)
+    assert out.shape == images.shape
+    with torch.no_grad():
+        assert torch.allclose(out, reference(images).clamp(-1, 1), atol=1e-6)
+    # keep_colors=1: the output's mean colour becomes the input's.
+    stylizer.keep_colors = 1.0
+    keeping = stylizer(images)
+    mean_in = rgb_to_lab(images).mean(dim=(2, 3))
+    assert float(delta_e00(rgb_to_lab(keeping).mean(dim=(2, 3)), mean_in).max()) < 2.0
+    assert float(delta_e00(rgb_to_lab(out).mean(dim=(2, 3)), mean_in).max()) > 2.0
+    with pytest.raises(MissingWeightsError, match="face_paint_512_v2.pt"):
+        AnimeGANStylizer(tmp_path)
+
+
+def test_animegan_config_composes(tmp_path, repo_root):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from portrait_toon.nets.animegan import Generator
+    from portrait_toon.synthesis.background import AnimeGANStylizer
+
+    torch.save(Generator().state_dict(), tmp_path / "face_paint_512_v2.pt")
+    cfg = OmegaConf.load(repo_root / "conf/bg_stylizer/animegan.yaml")
+    cfg = OmegaConf.merge({"paths": {"weights_dir": str(tmp_path)}}, {"bg": cfg})
+    stylizer = instantiate(cfg.bg)
+    assert isinstance(stylizer, AnimeGANStylizer)

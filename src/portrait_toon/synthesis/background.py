@@ -1,4 +1,4 @@
-"""Background stylizers B(x): a licence-clean classical toon filter and the identity.
+"""Background stylizers B(x): a licence-clean classical toon filter, AnimeGANv2, the identity.
 
 `ClassicalToonStylizer` is the "keeps the input's colours" stylizer of METHOD.md section 1
 (edge-preserving smoothing, colour quantisation around the input's own colours, dark edges),
@@ -8,15 +8,29 @@ after Winnemoeller, Olsen & Gooch, "Real-time video abstraction" (SIGGRAPH 2006)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import kornia
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from portrait_toon.synthesis.color import lab_to_rgb, rgb_to_lab
+from portrait_toon.checkpoints import (
+    extract_state_dict,
+    load_into,
+    load_state_dict_file,
+    resolve_weight,
+)
+from portrait_toon.nets.animegan import Generator as AnimeGANGenerator
+from portrait_toon.synthesis.color import lab_to_rgb, masked_lab_stats, rgb_to_lab
 
-__all__ = ["ClassicalToonStylizer", "IdentityStylizer", "bilateral_filter", "soft_quantize"]
+__all__ = [
+    "AnimeGANStylizer",
+    "ClassicalToonStylizer",
+    "IdentityStylizer",
+    "bilateral_filter",
+    "soft_quantize",
+]
 
 
 def bilateral_filter(
@@ -181,3 +195,53 @@ class IdentityStylizer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images
+
+
+class AnimeGANStylizer(nn.Module):
+    """AnimeGANv2 generator as B(x), from a public bryandlee/animegan2-pytorch weight file.
+
+    `weights_dir/filename` is a bare state_dict (`face_paint_512_v2.pt`, `paprika.pt`, ...;
+    non-commercial weights, fetched by `make weights`). `keep_colors` in [0, 1] pulls each
+    output's global Lab mean back towards its input's (1 = the input's mean exactly): the
+    method wants a background stylizer that keeps the input's colours, and some styles shift
+    them. Input/output [-1, 1] [B, 3, H, W], any size; frozen, eval mode.
+    """
+
+    def __init__(
+        self,
+        weights_dir: str | Path,
+        filename: str = "face_paint_512_v2.pt",
+        align_corners: bool = True,
+        keep_colors: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= keep_colors <= 1.0:
+            raise ValueError(f"AnimeGANStylizer: keep_colors must be in [0, 1], got {keep_colors}")
+        path = resolve_weight(weights_dir, filename)
+        self.net = AnimeGANGenerator()
+        state = extract_state_dict(load_state_dict_file(path))
+        load_into(self.net, state, source=path, expected="AnimeGANv2 generator (bryandlee layout)")
+        self.net.eval().requires_grad_(False)
+        self.filename = filename
+        self.align_corners = align_corners
+        self.keep_colors = float(keep_colors)
+
+    def train(self, mode: bool = True) -> AnimeGANStylizer:
+        """A frozen pretrained stylizer: always in eval mode."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.net(images, align_corners=self.align_corners).clamp(-1.0, 1.0)
+        if self.keep_colors <= 0:
+            return out
+        lab_out = rgb_to_lab(out)
+        everywhere = torch.ones_like(images[:, :1])
+        mean_in, _, _ = masked_lab_stats(rgb_to_lab(images), everywhere)
+        mean_out, _, _ = masked_lab_stats(lab_out, everywhere)
+        shift = (self.keep_colors * (mean_in - mean_out))[:, :, None, None]
+        shifted = lab_out + shift
+        return lab_to_rgb(torch.cat([shifted[:, :1].clamp(0.0, 100.0), shifted[:, 1:]], dim=1))
+
+    def extra_repr(self) -> str:
+        return f"filename={self.filename!r}, keep_colors={self.keep_colors}"
