@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from portrait_toon.synthesis.cutface import CutFacePlan, Tile, head_box, paste_tiles, sample_cutface
+from portrait_toon.synthesis.cutface import (
+    CutFacePlan,
+    Tile,
+    head_box,
+    head_boxes,
+    paste_tiles,
+    sample_cutface,
+)
 from portrait_toon.synthesis.latents import pair_seed
 
 
@@ -123,3 +130,32 @@ def test_head_box():
     top, left, bottom, right = head_box(head[0])
     assert (top, left, bottom, right) == (12.0, 18.0, 29.0, 35.0)
     assert head_box(torch.zeros(1, 10, 12)) == (0.0, 0.0, 10.0, 12.0)
+
+
+def test_head_boxes_pick_heads_not_hands():
+    labels = torch.zeros(1, 40, 40, dtype=torch.int64)
+    labels[0, 5:15, 5:15] = 1  # head skin ...
+    labels[0, 5:8, 5:15] = 17  # ... with hair
+    labels[0, 25:35, 22:38] = 1  # second head
+    labels[0, 29, 26] = 4  # an eye
+    labels[0, 30:34, 2:6] = 1  # a hand: skin only
+    mask = (labels > 0).float()[:, None]
+    everything = head_boxes(mask[0])
+    assert len(everything) == 3
+    heads = head_boxes(mask[0], labels[0])
+    assert sorted(heads) == [(5.0, 5.0, 15.0, 15.0), (25.0, 22.0, 35.0, 38.0)]
+    # Only a hand: the largest component is used; nothing at all: the whole image.
+    assert head_boxes(mask[0], torch.ones_like(labels[0])) == [(25.0, 22.0, 35.0, 38.0)]
+    assert head_boxes(torch.zeros(1, 1, 40, 40)[0]) == [(0.0, 0.0, 40.0, 40.0)]
+    # Tiles pick among the heads: with pick in [0, 0.5) the first, [0.5, 1) the second.
+    source = torch.where(mask > 0, 1.0, -1.0).expand(1, 3, 40, 40)
+    landscape = torch.full((1, 3, 40, 40), -1.0)
+    for pick, expected_fill in ((0.1, 1.0), (0.9, 10 / 16)):
+        tile = Tile(0, 0, 20, 1.0, 0.0, 0.0, False, pick=pick)
+        _, _, out_head, _ = paste_tiles(
+            source, source, mask, mask, landscape, landscape, CutFacePlan((tile,)), 0.0, labels
+        )
+        # Content square = the chosen head box's long side: the 10x10 head fills the tile,
+        # the 10x16 one fills 10/16 of its rows.
+        fill = float((out_head[0, 0, :20, :20] > 0.5).float().mean())
+        assert abs(fill - expected_fill) < 0.06

@@ -81,6 +81,8 @@ class ExactParser(nn.Module):
     """Fake segmenter: the world's exact labels (the same for both domains)."""
 
     def parse(self, images, latents=None, domain="source") -> torch.Tensor:
+        # Like the embedded world's segmenter: only images at the rendered size can be parsed.
+        assert images.shape[-2:] == latents["labels"].shape[-2:], "parse before resizing"
         return latents["labels"]
 
 
@@ -255,3 +257,58 @@ def test_synthesizer_stays_in_eval_mode():
     synth = make()
     synth.train()
     assert not synth.training and not synth.generator.training
+
+
+# --- with the embedded world's real parts -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def procedural():
+    return pytest.importorskip("portrait_toon.synthesis.procedural")
+
+
+def procedural_synth(procedural, resolution=64, generator_resolution=64, **options):
+    return PairSynthesizer(
+        procedural.ProceduralGenerator(generator_resolution),
+        procedural.ProceduralMixer(),
+        procedural.ProceduralSegmenter(),
+        ClassicalToonStylizer(reference_resolution=256),
+        resolution=resolution,
+        base_seed=5,
+        **options,
+    )
+
+
+def test_procedural_pairs_deterministic_and_batch_independent(procedural):
+    synth = procedural_synth(procedural, resolution=48, cutface={"p": 0.5})
+    pair = synth(torch.tensor([3, 7, 9]), return_stages=True)
+    alone = synth(torch.tensor([7]))
+    for key in ("src", "tgt", "head_mask", "skin_mask"):
+        assert pair[key].shape[-2:] == (48, 48)
+        assert torch.allclose(pair[key][1], alone[key][0], atol=1e-5)
+    assert torch.equal(pair["src"], synth(torch.tensor([3, 7, 9]))["src"])
+    # The parse labels are the world's own, resized from 64 to 48 px: valid class ids.
+    assert pair["labels"].shape == (3, 48, 48) and int(pair["labels"].max()) <= 18
+    assert float(pair["stage_head_mask"].mean()) > 0.0
+
+
+def test_procedural_color_reflection_follows_the_photo(procedural):
+    from portrait_toon.synthesis.latents import pair_seed
+    from portrait_toon.synthesis.parsing import skin_mask
+
+    index = torch.arange(6)
+    options = {"cutface": {"enabled": False}, "crop": {"enabled": False}}
+    on = procedural_synth(procedural, **options)(index, return_stages=True)
+    off = procedural_synth(procedural, color_reflection={"enabled": False}, **options)(
+        index, return_stages=True
+    )
+    _, scene = procedural.ProceduralGenerator(64).sample(pair_seed(5, index, "latent"))
+    character_skin = skin_mask(scene.character_labels)
+    photo_skin, _, _ = masked_lab_stats(rgb_to_lab(on["photo"]), on["stage_skin_mask"])
+    with_reflection, _, _ = masked_lab_stats(rgb_to_lab(on["tgt"]), character_skin)
+    without, _, _ = masked_lab_stats(rgb_to_lab(off["tgt"]), character_skin)
+    # On: the cartoon's skin takes the photo's mean tone; off: it keeps the character's.
+    assert float(delta_e00(with_reflection, photo_skin).max()) < 1.0
+    assert float(delta_e00(without, photo_skin).mean()) > 10.0
+    character_tone = scene.character_skin_lab.reshape(1, 3).expand_as(without)
+    assert float(delta_e00(without, character_tone).max()) < 2.0

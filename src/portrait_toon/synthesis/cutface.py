@@ -12,19 +12,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from portrait_toon.synthesis.latents import generator_for
 
-__all__ = ["CutFacePlan", "Tile", "head_box", "paste_tiles", "sample_cutface"]
+__all__ = ["CutFacePlan", "Tile", "head_box", "head_boxes", "paste_tiles", "sample_cutface"]
+
+# Classes that only a head has (brows, eyes, glasses, ears, nose, mouth, lips, hair): a head
+# mask component holding one of them is a head, not a hand or an arm (a parser calls those
+# skin as well).
+FACE_FEATURE_IDS: tuple[int, ...] = (*range(2, 14), 17)
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class Tile:
     """A square box of the output (`top`, `left`, `side` px) and how its content is cut:
-    a square around the pair's head `content_scale` times the head box's size, its centre
-    moved by `shift_y`/`shift_x` (fractions of that square), mirrored when `flip`."""
+    a square around one of the pair's heads (`pick` in [0, 1) chooses which) `content_scale`
+    times the head box's size, its centre moved by `shift_y`/`shift_x` (fractions of that
+    square), mirrored when `flip`."""
 
     top: int
     left: int
@@ -33,6 +42,7 @@ class Tile:
     shift_y: float
     shift_x: float
     flip: bool
+    pick: float = 0.0
 
     def overlaps(self, other: Tile) -> bool:
         return not (
@@ -97,6 +107,7 @@ def sample_cutface(
                 shift_y=_uniform(generator, -content_shift, content_shift),
                 shift_x=_uniform(generator, -content_shift, content_shift),
                 flip=bool(torch.rand(1, generator=generator) < 0.5),
+                pick=float(torch.rand(1, generator=generator, dtype=torch.float64)),
             )
             if not any(tile.overlaps(other) for other in tiles):
                 tiles.append(tile)
@@ -104,7 +115,7 @@ def sample_cutface(
     return CutFacePlan(tiles=tuple(tiles))
 
 
-def head_box(head_mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, float, float]:
+def head_box(head_mask: torch.Tensor, threshold: float = 0.5) -> Box:
     """(top, left, bottom, right) of the region where `head_mask` [1, H, W] > threshold,
     in pixels (bottom/right exclusive); the whole image when there is no head."""
     rows = (head_mask[0] > threshold).any(dim=1).nonzero()
@@ -115,7 +126,33 @@ def head_box(head_mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, fl
     return float(rows[0]), float(cols[0]), float(rows[-1] + 1), float(cols[-1] + 1)
 
 
-def _content_box(tile: Tile, box: tuple[float, float, float, float], size: tuple[int, int]):
+def head_boxes(
+    head_mask: torch.Tensor, labels: torch.Tensor | None = None, threshold: float = 0.5
+) -> list[Box]:
+    """One (top, left, bottom, right) box per head: connected components of the head mask
+    [1, H, W]; with `labels` [H, W], only components holding a face feature (eyes, hair, ...)
+    count, so hands and bare arms (parsed as skin) are not taken for heads. Falls back to the
+    largest component, then to the whole image."""
+    mask = (head_mask[0] > threshold).to("cpu", torch.uint8).numpy()
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return [head_box(head_mask, threshold)]
+    keep = list(range(1, count))
+    if labels is not None:
+        features = torch.isin(labels.cpu(), torch.tensor(FACE_FEATURE_IDS)).numpy()
+        with_features = set(np.unique(components[features & (components > 0)]).tolist())
+        if with_features:
+            keep = sorted(with_features)
+        else:
+            keep = [1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    boxes = []
+    for component in keep:
+        left, top, width, height = (int(v) for v in stats[component, :4])
+        boxes.append((float(top), float(left), float(top + height), float(left + width)))
+    return boxes
+
+
+def _content_box(tile: Tile, box: Box, size: tuple[int, int]) -> tuple[int, int, int]:
     """Integer square (top, left, side) around the head box, clamped inside the image."""
     top, left, bottom, right = box
     height, width = size
@@ -147,19 +184,22 @@ def paste_tiles(
     landscape_target: torch.Tensor,
     plan: CutFacePlan,
     feather_px: float = 0.0,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Build one CutFace pair. Inputs are single images [1, C, H, W] (source/target [-1, 1],
     masks [0, 1]); returns `(source, target, head_mask, skin_mask)` of the new pair, where the
     masks are the pasted tiles' masks (times the tile's feathered alpha). Pixels outside every
-    tile are exactly `landscape` / `landscape_target` (and 0 in the masks)."""
+    tile are exactly `landscape` / `landscape_target` (and 0 in the masks). `labels` [1, H, W]
+    (the source parse) lets tiles pick heads only, not hands (see `head_boxes`)."""
     size = (source.shape[-2], source.shape[-1])
     stacked = torch.cat([source, target, head_mask, skin_mask], dim=1)
     out = torch.cat(
         [landscape, landscape_target, torch.zeros_like(head_mask), torch.zeros_like(skin_mask)],
         dim=1,
     )
-    box = head_box(head_mask[0])
+    boxes = head_boxes(head_mask[0], None if labels is None else labels[0])
     for tile in plan.tiles:
+        box = boxes[min(int(tile.pick * len(boxes)), len(boxes) - 1)]
         crop_top, crop_left, crop_side = _content_box(tile, box, size)
         content = stacked[..., crop_top : crop_top + crop_side, crop_left : crop_left + crop_side]
         content = F.interpolate(

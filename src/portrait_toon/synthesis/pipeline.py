@@ -239,11 +239,18 @@ class PairSynthesizer(nn.Module):
         device = self.device
 
         # Stage 1: source photo, character rendering, parse labels (METHOD.md 1).
-        photo, latents = self.generator.sample(pair_seed(self.base_seed, index_cpu, "latent"))
-        character = self.mixer.render(latents)
-        labels = self.segmenter.parse(photo, latents, domain="source")
-        photo = _resize_images(photo.to(device).float(), self.resolution)
-        character = _resize_images(character.to(device).float(), self.resolution)
+        # Parsers see the images at the generator's resolution (the embedded world's exact
+        # labels only exist there); everything is resized to `resolution` afterwards.
+        color = self.color_options
+        raw_photo, latents = self.generator.sample(pair_seed(self.base_seed, index_cpu, "latent"))
+        raw_character = self.mixer.render(latents)
+        labels = self.segmenter.parse(raw_photo, latents, domain="source")
+        character_labels = None
+        if color["enabled"] and color["target_skin"] == "parse":
+            character_labels = self.segmenter.parse(raw_character, latents, domain="character")
+            character_labels = _resize_labels(character_labels.to(device), self.resolution)
+        photo = _resize_images(raw_photo.to(device).float(), self.resolution)
+        character = _resize_images(raw_character.to(device).float(), self.resolution)
         labels = _resize_labels(labels.to(device), self.resolution)
 
         head_opts = self.head_mask_options
@@ -254,7 +261,6 @@ class PairSynthesizer(nn.Module):
             feather_px=head_opts["feather"],
             reference_resolution=head_opts["reference_resolution"],
         )
-        color = self.color_options
         stage_skin = skin_mask(labels, color["skin_classes"])
 
         # Stage 2: stylised background and the composite X_fb.
@@ -263,9 +269,7 @@ class PairSynthesizer(nn.Module):
 
         # Stage 3: colour reflection X_cr (METHOD.md 2).
         if color["enabled"]:
-            if color["target_skin"] == "parse":
-                character_labels = self.segmenter.parse(character, latents, domain="character")
-                character_labels = _resize_labels(character_labels.to(device), self.resolution)
+            if character_labels is not None:
                 target_skin = skin_mask(character_labels, color["skin_classes"])
             else:
                 # Proxy: the source skin shrunk away from its border, where the character's
@@ -324,6 +328,7 @@ class PairSynthesizer(nn.Module):
                         scenery_toon[row : row + 1],
                         plans[pair],
                         feather_px=feather,
+                        labels=labels[pair : pair + 1],
                     )
                     src[pair], tgt[pair], out_head[pair], out_skin[pair] = (t[0] for t in pasted)
 
