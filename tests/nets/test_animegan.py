@@ -96,7 +96,10 @@ def test_odd_size_shapes_follow_the_upsampling_mode(golden, golden_net):
         assert golden_net(x, align_corners=False).shape[-2:] == (96, 128)
 
 
-def test_golden_block_intermediates(golden, golden_net):
+def test_golden_block_intermediates(golden, golden_weights):
+    golden_net = Generator()
+    golden_net.load_state_dict(golden_weights, strict=True)
+    golden_net.eval().fused_inference = False  # hooks need the module graph
     captured = {}
     names = ("block_a", "block_b", "block_c", "block_d", "block_e")
     handles = [
@@ -128,3 +131,39 @@ def test_channels_last_matches_golden(golden, golden_weights):
 def test_rejects_non_rgb_input(golden_net):
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         golden_net(torch.zeros(1, 4, 16, 16))
+
+
+def test_module_graph_path_matches_golden(golden, golden_weights):
+    net = Generator()
+    net.load_state_dict(golden_weights, strict=True)
+    net.eval().fused_inference = False  # the plain nn.Module graph
+    with torch.no_grad():
+        out = net(golden["in.odd"], align_corners=False)
+    torch.testing.assert_close(out, golden["out.odd.ac_false"], **TOL)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("size", [(35, 53), (64, 48)])
+def test_fused_inference_equals_module_graph(golden_weights, memory_format, size):
+    net = Generator()
+    net.load_state_dict(golden_weights, strict=True)
+    net = net.eval().to(memory_format=memory_format)
+    x = (torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3)) * 2 - 1).contiguous(
+        memory_format=memory_format
+    )
+    with torch.no_grad():
+        fused = net(x)
+        net.fused_inference = False
+        plain = net(x)
+    assert fused.shape == plain.shape == (2, 3, *size)
+    torch.testing.assert_close(fused, plain, **TOL)
+
+
+def test_autograd_runs_the_module_graph():
+    torch.manual_seed(0)
+    net = Generator().train()
+    x = torch.rand(1, 3, 32, 40) * 2 - 1
+    out = net(x)
+    out.square().mean().backward()
+    assert net.block_e[2][1].weight.grad is not None
+    assert net.block_a[0][1].weight.grad.abs().sum() > 0
