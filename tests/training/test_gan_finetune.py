@@ -385,6 +385,17 @@ def test_resume_continues_from_the_same_step(trained: dict[str, Any]) -> None:
     assert {int(s["step"]) for s in g_optim.state.values()} == {RESUME_STEPS}
 
 
+def test_export_from_a_lightning_checkpoint(trained: dict[str, Any], tmp_path: Path) -> None:
+    """An interrupted run's last.ckpt can be turned into G_t without training further."""
+    last = trained["root"] / "checkpoints" / "last.ckpt"
+    module = StyleGANFinetuneModule.load_from_checkpoint(last, map_location="cpu")
+    path = module.export(tmp_path / "G_t_from_ckpt.pt")
+    parts = load_stylegan2_checkpoint(path)
+    assert OmegaConf.load(path.with_suffix(".yaml")).g_steps == MAX_STEPS
+    for name, value in trained["module"].g_ema.state_dict().items():
+        assert torch.equal(parts["g_ema"][name], value), name
+
+
 # ---------------------------------------------------------------------------------------------
 # start point and settings
 def test_start_point_comes_from_the_rosinality_file(tmp_path: Path) -> None:

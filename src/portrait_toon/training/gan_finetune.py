@@ -279,6 +279,8 @@ class StyleGANFinetuneModule(pl.LightningModule):
             if name not in self.frozen_g
         ]
 
+        # completed G steps, saved with the weights (a Lightning checkpoint restores it too)
+        self.register_buffer("g_steps", torch.zeros((), dtype=torch.int64))
         self.augment = DiffAugment(
             augment_cfg["policy"],
             translation_ratio=augment_cfg["translation_ratio"],
@@ -448,6 +450,7 @@ class StyleGANFinetuneModule(pl.LightningModule):
         g_optim.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
         g_optim.step()  # the one counted step of the iteration
+        self.g_steps += 1
         set_requires_grad(self._d_trainable, True)
 
         self._update_ema(batch_size * max(1, self.trainer.world_size))
@@ -581,7 +584,7 @@ class StyleGANFinetuneModule(pl.LightningModule):
             "checkpoint": path.name,
             "generator": self.generator_kwargs,
             "discriminator": self.discriminator_kwargs,
-            "g_steps": int(self.global_step),
+            "g_steps": int(self.g_steps),
             "init_ckpt": self.hparams.init_ckpt,
             "model": _plain(dict(self.hparams)),
             "run_config": _run_config(),
