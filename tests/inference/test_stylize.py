@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,15 @@ from portrait_toon.config import ConfigError, compose_config
 from portrait_toon.data.images import read_image, to_tensor, to_uint8, write_image
 from portrait_toon.inference import export
 from portrait_toon.inference.export import (
+    GENERATOR_FORMAT,
     StylizerLoadError,
     export_onnx,
     export_program,
+    net_target,
     save_stylizer,
-    stylizer_record,
 )
 from portrait_toon.inference.stylize import (
+    _spans,
     load_stylizer,
     output_paths,
     stylize_image,
@@ -69,7 +73,7 @@ def net() -> UNet:
 
 @pytest.fixture
 def exported(tmp_path: Path, net: UNet) -> Path:
-    return save_stylizer(tmp_path / "run" / "stylizer.pt", net, metadata={"step": 7})
+    return save_stylizer(tmp_path / "run" / "stylizer.pt", net, meta={"step": 7})
 
 
 # ------------------------------------------------------------------------- any size, tiling
@@ -97,7 +101,7 @@ def test_tiled_matches_untiled_and_tiles_bound_the_input(net: UNet) -> None:
         tiled = stylize_tensor(net, x, tile=64, overlap=32)
     finally:
         hook.remove()
-    # 200 px wide, tiles of 64 every 32 px: starts 0, 32, 64, 96, 128 and 136.
+    # 200 px wide, tiles of 64 overlapping by >= 32: six of them, each 64x64.
     assert seen == [(1, 3, 64, 64)] * 6
     seamed = stylize_tensor(net, x, tile=64, overlap=0)
 
@@ -107,6 +111,24 @@ def test_tiled_matches_untiled_and_tiles_bound_the_input(net: UNet) -> None:
     assert (seamed - whole).abs().max() > 2 * error.max()
     untiled_uint8 = to_uint8(whole).astype(int)
     assert np.abs(to_uint8(tiled).astype(int) - untiled_uint8).max() <= 6
+
+
+@pytest.mark.parametrize("multiple", [1, 8, 32])
+def test_tile_spans_cover_overlap_and_stay_on_the_grid(multiple: int) -> None:
+    rng = np.random.default_rng(multiple)
+    for _ in range(500):
+        tile = multiple * int(rng.integers(1, 40))
+        overlap = multiple * int(rng.integers(0, tile // multiple))
+        length = multiple * int(rng.integers(1, 300))
+        spans = _spans(length, tile, overlap, multiple)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert len({end - start for start, end in spans}) == 1  # one tile shape: one kernel
+        for start, end in spans:
+            assert end - start <= tile and start % multiple == 0 and end % multiple == 0
+        for (start, end), (next_start, _) in zip(spans, spans[1:]):
+            assert start < next_start and end - next_start >= overlap
+    # 4K height in tiles of 1024: three of 768 spread evenly, not 1024s piled at the edge.
+    assert _spans(2176, 1024, 64, 32) == [(0, 768), (704, 1472), (1408, 2176)]
 
 
 def test_tiling_on_odd_sizes_keeps_the_size(net: UNet) -> None:
@@ -147,39 +169,52 @@ def test_export_round_trip(tmp_path: Path, net: UNet, suffix: str) -> None:
 
 def test_export_file_is_plain_and_weights_only(exported: Path) -> None:
     content = torch.load(exported, weights_only=True)
-    assert content["format"] == "portrait_toon.stylizer/1"
+    assert content["format"] == "portrait_toon.generator/1"
     assert content["target"] == "portrait_toon.nets.unet.UNet"
-    assert content["kwargs"]["base_channels"] == 8 and content["metadata"]["step"] == 7
+    assert content["config"]["base_channels"] == 8 and content["meta"]["step"] == 7
 
 
-def lightning_like_checkpoint(path: Path, raw: UNet, ema: UNet) -> Path:
-    """What train.py's Lightning checkpoint holds: raw net, EMA wrapper, D, record, extras."""
-    state = {f"net.{k}": v for k, v in raw.state_dict().items()}
-    state.update({f"net_ema.module.{k}": v for k, v in ema.state_dict().items()})
-    state["net_ema.num_updates"] = torch.tensor(12)
-    state["discriminator.conv.weight"] = torch.zeros(4, 3, 3, 3)
-    torch.save(
-        {
-            "epoch": 0,
-            "global_step": 12,
-            "pytorch-lightning_version": "2.6.0",
-            "state_dict": state,
-            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 2e-4}]}],
-            "stylizer": stylizer_record(ema),
-        },
-        path,
+def test_training_exports_and_our_files_are_one_format(tmp_path: Path, net: UNet) -> None:
+    from portrait_toon.utils.generator_file import load_generator, save_generator
+
+    x = to_tensor(photo(32, 48))
+    theirs = load_stylizer(save_generator(tmp_path / "theirs.pt", net, meta={"ema": True}))
+    ours = load_generator(save_stylizer(tmp_path / "ours.pt", net))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(ours(x), net(x), rtol=0, atol=0)
+
+
+def test_lightning_checkpoint_of_the_training_module_loads_ema(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    from portrait_toon.training.stylizer import StylizerModule
+
+    module = StylizerModule(
+        net=tiny_unet(seed=1).train(),
+        loss={"perceptual": {"kind": "none"}, "adv": {"kind": "none"}},
+        ema_decay=0.5,
     )
-    return path
+    pairs = [{"src": torch.rand(2, 3, 32, 32) * 2 - 1, "tgt": torch.rand(2, 3, 32, 32) * 2 - 1}]
+    loader = torch.utils.data.DataLoader(pairs * 2, batch_size=None)
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
 
-
-def test_lightning_checkpoint_loads_the_ema_weights(tmp_path: Path) -> None:
-    raw, ema = tiny_unet(seed=1), tiny_unet(seed=2)
-    path = lightning_like_checkpoint(tmp_path / "last.ckpt", raw, ema)
-    loaded = load_stylizer(path)
+    loaded = load_stylizer(path)  # weights_only=True on Lightning's own file
     x = to_tensor(photo(32, 48))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), ema(x), rtol=0, atol=0)
-        assert not torch.allclose(loaded(x), raw(x))
+        torch.testing.assert_close(loaded(x), module.net_ema.module(x), rtol=0, atol=0)
+        assert not torch.allclose(loaded(x), module.net(x))  # the EMA, not the raw net
 
 
 def test_lightning_checkpoint_without_record_is_explained(tmp_path: Path) -> None:
@@ -202,8 +237,8 @@ class Payload:
 def test_hostile_pickle_is_refused_without_running_it(tmp_path: Path, net: UNet) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "stylizer.pt"
-    record = stylizer_record(net)
-    torch.save({**record, "state_dict": net.state_dict(), "metadata": Payload(marker)}, path)
+    record = {"format": GENERATOR_FORMAT, "target": net_target(net), "config": net.config}
+    torch.save({**record, "state_dict": net.state_dict(), "meta": Payload(marker)}, path)
     with pytest.raises(StylizerLoadError, match="stylizer.pt.*refused"):
         load_stylizer(path)
     assert not marker.exists()
@@ -224,7 +259,7 @@ def test_only_project_nets_can_be_named(
     tmp_path: Path, net: UNet, target: str, message: str
 ) -> None:
     path = tmp_path / "stylizer.pt"
-    record = {**stylizer_record(net), "target": target}
+    record = {"format": GENERATOR_FORMAT, "target": target, "config": net.config}
     torch.save({**record, "state_dict": net.state_dict()}, path)
     with pytest.raises(StylizerLoadError, match=message):
         load_stylizer(path)
@@ -261,14 +296,15 @@ def test_bad_files_give_clear_errors(tmp_path: Path, net: UNet) -> None:
         load_stylizer(garbage)
     bare = tmp_path / "bare.pt"
     torch.save(net.state_dict(), bare)
-    with pytest.raises(StylizerLoadError, match="bare.pt: neither a portrait_toon stylizer"):
+    with pytest.raises(StylizerLoadError, match="bare.pt: neither a portrait_toon generator"):
         load_stylizer(bare)
     wrong_shape = tmp_path / "wrong.pt"
-    record = {**stylizer_record(net), "kwargs": {**net.config, "base_channels": 16}}
+    record = {"format": GENERATOR_FORMAT, "target": net_target(net)}
+    record["config"] = {**net.config, "base_channels": 16}
     torch.save({**record, "state_dict": net.state_dict()}, wrong_shape)
     with pytest.raises(StylizerLoadError, match="wrong.pt.*does not fit"):
         load_stylizer(wrong_shape)
-    with pytest.raises(ValueError, match="kwargs.norm holds a object"):
+    with pytest.raises(ValueError, match="config.norm holds a object"):
         save_stylizer(tmp_path / "x.pt", net, {**net.config, "norm": object()})
 
 
@@ -388,6 +424,32 @@ def test_task_errors_name_the_key(tmp_path: Path, exported: Path) -> None:
         )
     with pytest.raises(ConfigError, match="tile=-5"):
         stylize(compose(tmp_path, f"ckpt={exported}", f"input={tmp_path}", "output=o", "tile=-5"))
+
+
+def test_command_line(tmp_path: Path, exported: Path, repo_root: Path) -> None:
+    """The real entry point: Hydra composes conf/stylize.yaml, logs go to the run folder."""
+    make_folder(tmp_path / "in")
+    command = [
+        sys.executable,
+        str(repo_root / "stylize.py"),
+        f"ckpt={exported}",
+        f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'out'}",
+        "progress=false",
+    ]
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "portrait.png").is_file()
+    assert (tmp_path / "out" / "group" / "wide.png").is_file()
+    (log_file,) = (tmp_path / "logs" / "stylize" / "runs").glob("*/stylize.log")
+    log_text = log_file.read_text()
+    assert "skipped" in log_text and "broken.jpg" in log_text
+    assert "stylized 2 of 3 images" in log_text
+
+    missing = subprocess.run(command[:2], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "ckpt is required" in missing.stderr + missing.stdout
 
 
 # ----------------------------------------------------------------------------------- ONNX

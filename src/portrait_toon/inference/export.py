@@ -1,16 +1,17 @@
 """The standalone stylizer file (F_ema + how to rebuild it), loading it or a Lightning checkpoint
 safely, and optional ONNX export.
 
-Format `portrait_toon.stylizer/1`, written by `save_stylizer`:
+Format `portrait_toon.generator/1` (the file training exports, `utils/generator_file.py`):
 - `.pt` (torch.save of plain containers, readable with `torch.load(weights_only=True)`):
-  `{"format": "portrait_toon.stylizer/1", "target": "portrait_toon.nets.unet.UNet",
-    "kwargs": {...constructor arguments...}, "state_dict": {...}, "metadata": {...}}`
-- `.safetensors`: the tensors of `state_dict`, and `format`, `target`, `kwargs` (JSON) and
-  `metadata` (JSON) as string entries of the file's metadata header.
+  `{"format": "portrait_toon.generator/1", "target": "portrait_toon.nets.unet.UNet",
+    "config": {...constructor kwargs...}, "state_dict": {...}, "meta": {...}}`
+- `.safetensors`: the tensors of `state_dict`; `format` and `target` as string entries of the
+  file's metadata header, `config` and `meta` as JSON strings there.
 `target` is only ever resolved inside `ALLOWED_NET_PACKAGES` (the project's own networks), and
-`kwargs` may only hold plain values, so a file can never make us import or run arbitrary code.
-A Lightning checkpoint from train.py is accepted too: its EMA weights (`net_ema.` keys) and the
-record `stylizer_record(net)` that the training module stores under `checkpoint["stylizer"]`.
+`config` may only hold plain values, so a file can never make us import or run arbitrary code.
+A Lightning checkpoint of `training.stylizer.StylizerModule` is accepted too: its EMA weights
+(`net_ema.module.*` keys) and the record `{"net_target", "net_config"}` that the module stores
+under `checkpoint["stylizer"]`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from portrait_toon.checkpoints import CheckpointError, load_into, load_state_dic
 
 logger = logging.getLogger(__name__)
 
-STYLIZER_FORMAT = "portrait_toon.stylizer/1"
+GENERATOR_FORMAT = "portrait_toon.generator/1"
 #: Packages whose nn.Module classes a stylizer file may name as its `target`.
 ALLOWED_NET_PACKAGES: tuple[str, ...] = ("portrait_toon.nets",)
-#: Key of the build record inside a Lightning checkpoint (see `stylizer_record`).
+#: Key of the build record `{"net_target", "net_config"}` inside a Lightning checkpoint.
 CHECKPOINT_RECORD_KEY = "stylizer"
 #: Where the shipped network sits in a Lightning checkpoint's state_dict, most preferred first:
 #: the EMA copy (wrapped by training.ema.ExponentialMovingAverage, then bare), then the raw net.
@@ -60,23 +61,17 @@ def net_target(net: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def stylizer_record(net: nn.Module, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """How to rebuild `net`: `{"format", "target", "kwargs"}` (no weights).
-
-    `kwargs` defaults to `net.config` (the constructor arguments our nets keep). The training
-    module stores this under `checkpoint["stylizer"]` so a `.ckpt` can be stylized directly.
-    """
-    if kwargs is None:
-        kwargs = getattr(net, "config", None)
-        if not isinstance(kwargs, Mapping):
+def net_config(net: nn.Module, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`net`'s constructor kwargs as plain values: `config`, else `net.config` (our nets keep
+    their constructor arguments there)."""
+    if config is None:
+        config = getattr(net, "config", None)
+        if not isinstance(config, Mapping):
             raise ValueError(
                 f"{type(net).__name__} has no `config` dict of constructor arguments; "
-                "pass kwargs= explicitly"
+                "pass config= explicitly"
             )
-    target = net_target(net)
-    resolve_net_class(target)  # fail at save time, not when a user loads the file
-    plain_kwargs = _plain(dict(kwargs), "kwargs")
-    return {"format": STYLIZER_FORMAT, "target": target, "kwargs": plain_kwargs}
+    return _plain(dict(config), "config")
 
 
 def resolve_net_class(target: str) -> type[nn.Module]:
@@ -106,16 +101,16 @@ def resolve_net_class(target: str) -> type[nn.Module]:
     return cls
 
 
-def build_net(target: str, kwargs: Mapping[str, Any], *, source: str | Path) -> nn.Module:
+def build_net(target: str, config: Mapping[str, Any], *, source: str | Path) -> nn.Module:
     """Instantiate an allowed network class from plain constructor arguments."""
     cls = resolve_net_class(target)
-    if not isinstance(kwargs, Mapping):
-        raise StylizerLoadError(f"{source}: 'kwargs' is a {type(kwargs).__name__}, not a dict")
+    if not isinstance(config, Mapping):
+        raise StylizerLoadError(f"{source}: 'config' is a {type(config).__name__}, not a dict")
     try:
-        return cls(**_plain(dict(kwargs), "kwargs"))
+        return cls(**_plain(dict(config), "config"))
     except (TypeError, ValueError) as error:
         raise StylizerLoadError(
-            f"{source}: cannot build {target} from the recorded kwargs {dict(kwargs)} ({error})"
+            f"{source}: cannot build {target} from the recorded config {dict(config)} ({error})"
         ) from error
 
 
@@ -125,23 +120,29 @@ def build_net(target: str, kwargs: Mapping[str, Any], *, source: str | Path) -> 
 def save_stylizer(
     path: str | os.PathLike,
     net: nn.Module,
-    kwargs: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
     *,
-    metadata: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write `net` (usually F_ema) as a standalone stylizer file, atomically.
+    """Write `net` (usually F_ema; fp32, CPU) as a standalone generator file, atomically.
 
-    `.safetensors` suffix: a safetensors file; anything else: a weights_only-safe torch file.
-    `kwargs` defaults to `net.config`; `metadata` (plain values: step, config, ...) is kept.
+    `.safetensors` suffix: a safetensors file; anything else: a weights_only-safe torch file
+    (the same layout `utils.generator_file.save_generator` writes). `config` defaults to
+    `net.config`; `meta` (plain values: step, ...) is kept.
     """
     path = Path(path)
-    record = stylizer_record(net, kwargs)
+    target = net_target(net)
+    resolve_net_class(target)  # fail at save time, not when a user loads the file
+    plain_config = net_config(net, config)
     info = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": str(torch.__version__),
-        **_plain(dict(metadata or {}), "metadata"),
+        **_plain(dict(meta or {}), "meta"),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = {}
+    for key, value in net.state_dict().items():
+        value = value.detach().to("cpu", copy=True)
+        state[key] = (value.float() if value.is_floating_point() else value).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
@@ -152,28 +153,37 @@ def save_stylizer(
             from safetensors.torch import save_file
 
             header = {
-                "format": STYLIZER_FORMAT,
-                "target": record["target"],
-                "kwargs": json.dumps(record["kwargs"]),
-                "metadata": json.dumps(info),
+                "format": GENERATOR_FORMAT,
+                "target": target,
+                "config": json.dumps(plain_config),
+                "meta": json.dumps(info),
             }
             save_file(state, temp_name, metadata=header)
         else:
-            torch.save({**record, "state_dict": state, "metadata": info}, temp_name)
+            payload = {
+                "format": GENERATOR_FORMAT,
+                "target": target,
+                "config": plain_config,
+                "state_dict": state,
+                "meta": info,
+            }
+            torch.save(payload, temp_name)
         os.replace(temp_name, path)
     finally:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
-    logger.info("saved stylizer %s (%s) to %s", record["target"], record["kwargs"], path)
+    logger.info("saved stylizer %s(%s) to %s", target, plain_config, path)
     return path
 
 
 # ---------------------------------------------------------------------------------- loading
 
+_Parts = tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]
+
 
 def load_stylizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """A ready network (eval mode, no grad, on `device`) from a stylizer export
-    (`.pt`/`.safetensors`, see module doc) or a Lightning `.ckpt` written by train.py.
+    """A ready network (eval mode, no grad, on `device`) from a generator file
+    (`.pt`/`.safetensors`, see module doc) or a StylizerModule Lightning `.ckpt`.
 
     Files are read with `torch.load(weights_only=True)` or safetensors; anything else, an
     unknown layout or a target outside the allow-list raises `StylizerLoadError`.
@@ -185,41 +195,39 @@ def load_stylizer(path: str | os.PathLike, device: str | torch.device = "cpu") -
             "training exports into its run folder, or to a Lightning .ckpt from train.py"
         )
     if path.suffix.lower() == ".safetensors":
-        target, kwargs, state, info = _read_safetensors_export(path)
+        target, config, state, info = _read_safetensors_export(path)
     else:
         try:
             content = load_state_dict_file(path)
         except CheckpointError as error:
             raise StylizerLoadError(str(error)) from None
-        target, kwargs, state, info = _interpret(path, content)
-    net = build_net(target, kwargs, source=path)
+        target, config, state, info = _interpret(path, content)
+    net = build_net(target, config, source=path)
     try:
         load_into(net, state, source=path, expected=target)
     except CheckpointError as error:
         raise StylizerLoadError(str(error)) from None
     net.requires_grad_(False)
     net.eval()
-    logger.info("loaded %s from %s (%s)", target, path, info or "no metadata")
+    logger.info("loaded %s from %s (%s)", target, path, info or "no meta")
     return net.to(device)
 
 
-def _interpret(
-    path: Path, content: Mapping[str, Any]
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+def _interpret(path: Path, content: Mapping[str, Any]) -> _Parts:
     if "format" in content:
-        if content["format"] != STYLIZER_FORMAT:
+        if content["format"] != GENERATOR_FORMAT:
             raise StylizerLoadError(
-                f"{path}: format {content['format']!r} is not {STYLIZER_FORMAT!r}; "
+                f"{path}: format {content['format']!r} is not {GENERATOR_FORMAT!r}; "
                 "was it written by a newer portrait_toon?"
             )
-        missing = [k for k in ("target", "kwargs", "state_dict") if k not in content]
+        missing = [k for k in ("target", "config", "state_dict") if k not in content]
         if missing:
-            raise StylizerLoadError(f"{path}: stylizer file lacks {missing}")
+            raise StylizerLoadError(f"{path}: generator file lacks {missing}")
         return (
             content["target"],
-            dict(content["kwargs"]),
+            content["config"],
             _tensors(path, content["state_dict"]),
-            dict(content.get("metadata") or {}),
+            dict(content.get("meta") or {}),
         )
     if "state_dict" in content and (
         CHECKPOINT_RECORD_KEY in content or "pytorch-lightning_version" in content
@@ -227,36 +235,35 @@ def _interpret(
         return _from_lightning(path, content)
     keys = list(content)[:10]
     raise StylizerLoadError(
-        f"{path}: neither a portrait_toon stylizer file nor a train.py Lightning checkpoint "
+        f"{path}: neither a portrait_toon generator file nor a train.py Lightning checkpoint "
         f"(top-level keys {keys}); export one with "
         "portrait_toon.inference.export.save_stylizer(path, net)"
     )
 
 
-def _from_lightning(
-    path: Path, checkpoint: Mapping[str, Any]
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+def _from_lightning(path: Path, checkpoint: Mapping[str, Any]) -> _Parts:
     record = checkpoint.get(CHECKPOINT_RECORD_KEY)
-    if not isinstance(record, Mapping) or "target" not in record or "kwargs" not in record:
+    if not isinstance(record, Mapping) or "net_target" not in record or "net_config" not in record:
         raise StylizerLoadError(
             f"{path}: this Lightning checkpoint does not record how to build its network "
-            f"(no '{CHECKPOINT_RECORD_KEY}' entry with target and kwargs); use the stylizer.pt "
-            "that training exports into its run folder instead"
+            f"(no '{CHECKPOINT_RECORD_KEY}' entry with net_target and net_config); use the "
+            "stylizer.pt that training exports into its run folder instead"
         )
     state_dict = _tensors(path, checkpoint["state_dict"])
     for prefix in LIGHTNING_PREFIXES:
         selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if selected:
-            if prefix == "net.":
-                logger.warning("%s has no EMA weights (net_ema.*); using the raw net", path)
-            # The EMA wrapper's own bookkeeping is not part of the network.
-            selected.pop("num_updates", None)
-            info = {
-                "epoch": checkpoint.get("epoch"),
-                "global_step": checkpoint.get("global_step"),
-                "weights": prefix.rstrip("."),
-            }
-            return record["target"], dict(record["kwargs"]), selected, info
+        if not selected:
+            continue
+        if prefix == "net.":
+            logger.warning("%s has no EMA weights (net_ema.*); using the raw net", path)
+        # The EMA wrapper's own bookkeeping is not part of the network.
+        selected.pop("num_updates", None)
+        info = {
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+            "weights": prefix.rstrip("."),
+        }
+        return record["net_target"], record["net_config"], selected, info
     prefixes = sorted({k.split(".", 1)[0] + "." for k in state_dict})
     raise StylizerLoadError(
         f"{path}: no network weights under {list(LIGHTNING_PREFIXES)}; "
@@ -264,9 +271,7 @@ def _from_lightning(
     )
 
 
-def _read_safetensors_export(
-    path: Path,
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+def _read_safetensors_export(path: Path) -> _Parts:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -275,17 +280,17 @@ def _read_safetensors_export(
             state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as error:
         raise StylizerLoadError(f"{path}: not a readable safetensors file ({error})") from None
-    if header.get("format") != STYLIZER_FORMAT:
+    if header.get("format") != GENERATOR_FORMAT:
         raise StylizerLoadError(
-            f"{path}: a safetensors file without the {STYLIZER_FORMAT!r} header (a bare "
+            f"{path}: a safetensors file without the {GENERATOR_FORMAT!r} header (a bare "
             "state_dict does not say which network it belongs to); export with save_stylizer"
         )
     try:
-        kwargs = json.loads(header["kwargs"])
-        info = json.loads(header.get("metadata", "{}"))
+        config = json.loads(header["config"])
+        info = json.loads(header.get("meta", "{}"))
     except (KeyError, json.JSONDecodeError) as error:
-        raise StylizerLoadError(f"{path}: damaged stylizer header ({error})") from None
-    return header.get("target", ""), kwargs, state, info
+        raise StylizerLoadError(f"{path}: damaged generator header ({error})") from None
+    return header.get("target", ""), config, state, info
 
 
 def _tensors(path: Path, state: Any) -> dict[str, torch.Tensor]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +141,8 @@ def _run_tiled(
     # The step must stay >= one grid cell, so at most tile - multiple of overlap.
     overlap = min(_round_up(overlap, multiple), tile - multiple)
     height, width = x.shape[-2:]
-    rows = list(_spans(height, tile, overlap))
-    cols = list(_spans(width, tile, overlap))
+    rows = _spans(height, tile, overlap, multiple)
+    cols = _spans(width, tile, overlap, multiple)
     out = torch.zeros(1, 3, height, width, device=x.device, dtype=torch.float32)
     weight_sum = torch.zeros(1, 1, height, width, device=x.device, dtype=torch.float32)
     for row_start, row_end in rows:
@@ -154,22 +153,35 @@ def _run_tiled(
             piece = _run(net, x[..., row_start:row_end, col_start:col_end])
             out[..., row_start:row_end, col_start:col_end] += piece * weight
             weight_sum[..., row_start:row_end, col_start:col_end] += weight
-    logger.debug("stylized %dx%d in %d tiles of %d px", width, height, len(rows) * len(cols), tile)
+    logger.debug(
+        "stylized %dx%d in %dx%d tiles of %dx%d px",
+        width,
+        height,
+        len(rows),
+        len(cols),
+        rows[0][1] - rows[0][0],
+        cols[0][1] - cols[0][0],
+    )
     return out / weight_sum
 
 
-def _spans(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
-    """[start, end) spans of at most `tile` covering [0, length); consecutive spans share at
-    least `overlap`. Starts are multiples of the grid as long as length and tile are."""
+def _spans(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
+    """[start, end) spans covering [0, length), as few as tiles of at most `tile` allow, of one
+    common size, spread evenly, starting on multiples of `multiple`, each sharing at least
+    `overlap` with the next. (All arguments are multiples of `multiple`.)
+
+    Spreading evenly rather than pinning the last tile to the far edge keeps the extra work of
+    tiling small: 4K in tiles of 1024 computes 13 % more pixels than one pass, not 50 %.
+    """
     if length <= tile:
-        yield 0, length
-        return
-    step = tile - overlap
-    start = 0
-    while start + tile < length:
-        yield start, start + tile
-        start += step
-    yield length - tile, length
+        return [(0, length)]
+    # Work in grid cells so every start and size stays on the grid.
+    length_u, tile_u, overlap_u = length // multiple, tile // multiple, overlap // multiple
+    count = -(-(length_u - overlap_u) // (tile_u - overlap_u))
+    # Smallest common size whose `count` copies cover the length with the overlaps; <= tile.
+    size_u = -(-(length_u + (count - 1) * overlap_u) // count)
+    starts_u = [i * (length_u - size_u) // (count - 1) for i in range(count)]
+    return [(start * multiple, (start + size_u) * multiple) for start in starts_u]
 
 
 def _feather(start: int, end: int, length: int, overlap: int, device: torch.device) -> torch.Tensor:
