@@ -364,3 +364,19 @@ def test_list_images_sorted_case_insensitive_recursive(tmp_path: Path) -> None:
         list_images(tmp_path / "nowhere")
     with pytest.raises(NotADirectoryError):
         list_images(tmp_path / "a.jpg")
+
+
+def test_non_srgb_colour_profile_gets_a_note(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import ImageCms
+
+    image = Image.fromarray(random_rgb())
+    for name in ("sRGB", "XYZ"):
+        profile = ImageCms.ImageCmsProfile(ImageCms.createProfile(name))
+        image.save(tmp_path / f"{name}.png", icc_profile=profile.tobytes())
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        read_image(tmp_path / "sRGB.png")
+        read_image(tmp_path / "XYZ.png")
+    assert not notes_about(caplog, tmp_path / "sRGB.png")
+    assert any("not applied" in note for note in notes_about(caplog, tmp_path / "XYZ.png"))

@@ -17,6 +17,7 @@ Every conversion is logged at INFO level as a note that names the file.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -94,6 +95,7 @@ def read_image(
             _check_size(path, image.size, max_pixels=max_pixels, min_side=min_side)
             if getattr(image, "n_frames", 1) > 1:
                 _note(path, f"has {image.n_frames} frames; using the first")
+            _note_colour_profile(path, image)
             if _is_16bit_multichannel(image):
                 array = _read_16bit_with_cv2(path, image, alpha_background)
             else:
@@ -263,6 +265,23 @@ def _check_size(path: Path, size: tuple[int, int], *, max_pixels: int, min_side:
 
 def _note(path: Path, message: str) -> None:
     logger.info("%s: %s", path, message)
+
+
+def _note_colour_profile(path: Path, image: Image.Image) -> None:
+    """Say so when an embedded ICC profile is not sRGB: its values are used as stored (as if
+    sRGB), which shifts colours slightly for e.g. Display P3 phone photos."""
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return
+    try:
+        from PIL import ImageCms
+
+        description = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+    except Exception:  # an unreadable profile is only worth a note, never a failure
+        description = "unreadable"
+    description = description.strip()
+    if "srgb" not in description.lower():
+        _note(path, f"embedded colour profile '{description}' is not applied (read as sRGB)")
 
 
 def _orientation(image: Image.Image) -> int:
