@@ -149,6 +149,9 @@ def test_bad_arguments_are_refused(net: UNet) -> None:
         stylize_tensor(net, x, tile=0)
     with pytest.raises(ValueError, match="one RGB image"):
         stylize_tensor(net, torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="device=meta but the net is on cpu"):
+        stylize_image(net, photo(16, 16), device="meta")
+    assert stylize_image(net, photo(16, 16), device="cpu").shape == (16, 16, 3)
 
 
 # -------------------------------------------------------------------------- stylizer files

@@ -78,11 +78,16 @@ def stylize_image(
 
     `tile`: None runs the whole image at once; an int (rounded up to the net's pad multiple)
     runs overlapping tiles of that side, bounding memory for huge images (4K and up).
-    `device`: None uses the net's device. `precision`: fp32, or bf16 autocast (CUDA only).
+    `device`: None uses the net's device; given, it must be the net's device (checked).
+    `precision`: fp32, or bf16 autocast (CUDA only).
     """
-    if device is None:
-        device = _module_device(net)
-    x = to_tensor(image).to(device)
+    net_device = _module_device(net)
+    if device is not None and not _same_device(torch.device(device), net_device):
+        raise ValueError(
+            f"device={device} but the net is on {net_device}; move it first "
+            "(load_stylizer(path, device) does)"
+        )
+    x = to_tensor(image).to(net_device)
     y = stylize_tensor(net, x, tile=tile, overlap=overlap, precision=precision)
     return to_uint8(y)
 
@@ -213,6 +218,13 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-int(value) // multiple) * multiple
+
+
+def _same_device(asked: torch.device, actual: torch.device) -> bool:
+    # "cuda" means the current CUDA device, so it matches "cuda:0" when that is current.
+    if asked.type != actual.type:
+        return False
+    return asked.index is None or actual.index is None or asked.index == actual.index
 
 
 def _module_device(net: nn.Module) -> torch.device:
