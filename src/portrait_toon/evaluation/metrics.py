@@ -1,0 +1,180 @@
+"""Metrics of the method's claims (METHOD.md 5): does F keep the input's skin tone across the
+whole range, keep the background's colours, and learn the mapping at all?
+
+Skin tone is binned by the Individual Typology Angle, ITA = atan((L* - 50) / b*) in degrees,
+with the six categories of Chardon et al. (1991) / Del Bino & Bernerd (2013):
+very_light > 55 >= light > 41 >= intermediate > 28 >= tan > 10 >= brown > -30 >= dark.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from portrait_toon.synthesis.color import delta_e00, rgb_to_lab
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SKIN_TONE_BINS",
+    "delta_e00",
+    "evaluate_stylizer",
+    "ita",
+    "ita_degrees",
+    "masked_mean_lab",
+    "rgb_to_lab",
+    "skin_tone_bin",
+]
+
+# (name, lower ITA bound in degrees), lightest first; a value belongs to the first bin whose
+# bound it exceeds.
+SKIN_TONE_BINS: tuple[tuple[str, float], ...] = (
+    ("very_light", 55.0),
+    ("light", 41.0),
+    ("intermediate", 28.0),
+    ("tan", 10.0),
+    ("brown", -30.0),
+    ("dark", -math.inf),
+)
+# Pixels count as background where the (feathered) head mask is below this: the target there
+# is exactly the background stylizer's output, away from the blended seam.
+BACKGROUND_MAX_HEAD = 0.05
+# Skin means need enough pixels to be a colour rather than a few antialiased edge pixels.
+MIN_SKIN_PIXELS = 16
+
+
+def ita_degrees(lab: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """ITA in degrees of Lab values along `dim`: atan2(L* - 50, b*), equal to
+    atan((L* - 50) / b*) for b* > 0 (all real skin) and defined for b* <= 0 too."""
+    lightness = lab.select(dim, 0)
+    yellowness = lab.select(dim, 2)
+    return torch.rad2deg(torch.atan2(lightness - 50.0, yellowness))
+
+
+ita = ita_degrees  # the short name docs/interfaces.md uses
+
+
+def skin_tone_bin(ita_value: float | torch.Tensor) -> str:
+    """The skin-tone category name (SKIN_TONE_BINS) of one ITA value in degrees."""
+    value = float(ita_value)
+    if math.isnan(value):
+        raise ValueError("skin_tone_bin: ITA is NaN (empty skin region?)")
+    for name, lower in SKIN_TONE_BINS:
+        if value > lower:
+            return name
+    return SKIN_TONE_BINS[-1][0]
+
+
+def masked_mean_lab(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask-weighted mean Lab per image ([B,3]) and the mask's pixel mass per image ([B])."""
+    weight = mask.to(lab.dtype)
+    mass = weight.sum(dim=(1, 2, 3))
+    mean = (lab * weight).sum(dim=(2, 3)) / mass.clamp_min(1e-6).unsqueeze(1)
+    return mean, mass
+
+
+@torch.no_grad()
+def evaluate_stylizer(
+    net: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    bg_key: str = "background",
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Run `net` over held-out pair batches and measure what METHOD.md 5 claims.
+
+    Each batch holds `src`, `tgt` ([B,3,H,W] in [-1,1]), `skin_mask` and `head_mask`
+    ([B,1,H,W], source geometry) and optionally `bg_key`, the background stylizer's output
+    B(x) with the same geometry as `src` (synthesizer stages with crop off). Where `bg_key` is
+    absent, mis-shaped, or the pair is a CutFace pair (`is_cutface`), the target stands in for
+    B(x): outside the head mask the target *is* B's output by construction.
+
+    Returns:
+        l1_output_target, l1_input_target: mean |F(x) - y| and |x - y| over all pixels.
+        skin_delta_e00_mean: mean over skin-tone bins of the per-bin mean ΔE00 between the
+            input's and the output's mean skin Lab (images binned by the input's ITA).
+        skin_delta_e00_by_bin: bin name -> that per-bin mean (bins with images only).
+        skin_count_by_bin: bin name -> number of images.
+        skin_ita_shift_mean: mean |ITA(output skin) - ITA(input skin)| in degrees.
+        background_delta_e00_mean: per-pixel ΔE00 between F(x) and B(x) where the head mask
+            is below BACKGROUND_MAX_HEAD, averaged per image, then over images.
+        num_images, num_skin_images, num_background_images.
+        A measurement with no qualifying image is None.
+    """
+    parameter = next(iter(net.parameters()), None)
+    if device is None:
+        device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = net.training
+    net.eval()
+
+    l1_output, l1_input, counted = 0.0, 0.0, 0
+    skin_by_bin: dict[str, list[float]] = {}
+    ita_shifts: list[float] = []
+    background_scores: list[float] = []
+    try:
+        for batch_number, batch in enumerate(batches):
+            missing = [k for k in ("src", "tgt", "skin_mask", "head_mask") if k not in batch]
+            if missing:
+                raise KeyError(f"evaluate_stylizer: batch {batch_number} lacks keys {missing}")
+            src = batch["src"].to(device).float()
+            tgt = batch["tgt"].to(device).float()
+            output = net(src).float()
+            size = src.shape[0]
+            l1_output += float((output - tgt).abs().mean(dim=(1, 2, 3)).sum())
+            l1_input += float((src - tgt).abs().mean(dim=(1, 2, 3)).sum())
+            counted += size
+
+            # Skin: input vs output mean colour over the source skin mask.
+            src_lab, out_lab = rgb_to_lab(src), rgb_to_lab(output)
+            skin = batch["skin_mask"].to(device).float()
+            src_skin, mass = masked_mean_lab(src_lab, skin)
+            out_skin, _ = masked_mean_lab(out_lab, skin)
+            skin_delta = delta_e00(src_skin, out_skin, dim=1)
+            src_ita, out_ita = ita_degrees(src_skin), ita_degrees(out_skin)
+            for i in range(size):
+                if float(mass[i]) < MIN_SKIN_PIXELS:
+                    continue
+                skin_by_bin.setdefault(skin_tone_bin(src_ita[i]), []).append(float(skin_delta[i]))
+                ita_shifts.append(abs(float(out_ita[i] - src_ita[i])))
+
+            # Background: F(x) vs B(x) outside the head.
+            reference = tgt
+            if bg_key in batch and batch[bg_key].shape == src.shape:
+                reference = batch[bg_key].to(device).float()
+                if "is_cutface" in batch:
+                    cut = batch["is_cutface"].to(device).view(-1, 1, 1, 1).bool()
+                    reference = torch.where(cut, tgt, reference)
+            region = (batch["head_mask"].to(device).float() < BACKGROUND_MAX_HEAD).float()
+            per_pixel = delta_e00(out_lab, rgb_to_lab(reference), dim=1).unsqueeze(1)
+            area = region.sum(dim=(1, 2, 3))
+            per_image = (per_pixel * region).sum(dim=(1, 2, 3)) / area.clamp_min(1.0)
+            background_scores += [float(v) for v, a in zip(per_image, area) if a > 0]
+    finally:
+        net.train(was_training)
+
+    if counted == 0:
+        raise ValueError("evaluate_stylizer: no images in `batches`")
+    by_bin = {
+        name: sum(skin_by_bin[name]) / len(skin_by_bin[name])
+        for name, _ in SKIN_TONE_BINS
+        if name in skin_by_bin
+    }
+    nan = None  # JSON has no NaN: an empty measurement is null
+    return {
+        "l1_output_target": l1_output / counted,
+        "l1_input_target": l1_input / counted,
+        "skin_delta_e00_mean": sum(by_bin.values()) / len(by_bin) if by_bin else nan,
+        "skin_delta_e00_by_bin": by_bin,
+        "skin_count_by_bin": {name: len(skin_by_bin[name]) for name in by_bin},
+        "skin_ita_shift_mean": sum(ita_shifts) / len(ita_shifts) if ita_shifts else nan,
+        "background_delta_e00_mean": (
+            sum(background_scores) / len(background_scores) if background_scores else nan
+        ),
+        "num_images": counted,
+        "num_skin_images": len(ita_shifts),
+        "num_background_images": len(background_scores),
+    }

@@ -1,0 +1,163 @@
+"""Evaluation metrics: CIEDE2000 against Sharma et al.'s published pairs, ITA, skin-tone bins,
+and evaluate_stylizer on nets whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from portrait_toon.evaluation.metrics import (
+    SKIN_TONE_BINS,
+    delta_e00,
+    evaluate_stylizer,
+    ita_degrees,
+    rgb_to_lab,
+    skin_tone_bin,
+)
+from portrait_toon.synthesis.color import lab_to_rgb
+
+# Sharma, Wu & Dalal (2005), Table 1: (Lab1, Lab2, ΔE00), pairs 1, 2, 3, 7, 17-20, 25.
+SHARMA_PAIRS = [
+    ((50.0000, 2.6772, -79.7751), (50.0000, 0.0000, -82.7485), 2.0425),
+    ((50.0000, 3.1571, -77.2803), (50.0000, 0.0000, -82.7485), 2.8615),
+    ((50.0000, 2.8361, -74.0200), (50.0000, 0.0000, -82.7485), 3.4412),
+    ((50.0000, 0.0000, 0.0000), (50.0000, -1.0000, 2.0000), 2.3669),
+    ((50.0000, 2.5000, 0.0000), (73.0000, 25.0000, -18.0000), 27.1492),
+    ((50.0000, 2.5000, 0.0000), (61.0000, -5.0000, 29.0000), 22.8977),
+    ((50.0000, 2.5000, 0.0000), (56.0000, -27.0000, -3.0000), 31.9030),
+    ((50.0000, 2.5000, 0.0000), (58.0000, 24.0000, 15.0000), 19.4535),
+    ((60.2574, -34.0099, 36.2677), (60.4626, -34.1751, 39.4387), 1.2644),
+]
+
+
+def test_delta_e00_matches_sharma_table() -> None:
+    lab1 = torch.tensor([p[0] for p in SHARMA_PAIRS], dtype=torch.float64)
+    lab2 = torch.tensor([p[1] for p in SHARMA_PAIRS], dtype=torch.float64)
+    expected = torch.tensor([p[2] for p in SHARMA_PAIRS], dtype=torch.float64)
+    torch.testing.assert_close(delta_e00(lab1, lab2, dim=1), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(delta_e00(lab2, lab1, dim=1), expected, atol=1e-4, rtol=0)
+
+
+def test_ita_of_known_lab_values() -> None:
+    lab = torch.tensor([[50.0, 10.0, 20.0], [60.0, 5.0, 10.0], [40.0, 5.0, 10.0], [70.0, 0, 20.0]])
+    expected = torch.tensor([0.0, 45.0, -45.0, math.degrees(math.atan(1.0))])
+    torch.testing.assert_close(ita_degrees(lab), expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [(70, "very_light"), (55.5, "very_light"), (55, "light"), (41.5, "light"), (30, "intermediate"),
+     (20, "tan"), (0, "brown"), (-29, "brown"), (-30, "dark"), (-80, "dark")],
+)  # fmt: skip
+def test_skin_tone_bins(value: float, name: str) -> None:
+    assert skin_tone_bin(value) == name
+    assert name in dict(SKIN_TONE_BINS)
+
+
+def test_skin_tone_bin_rejects_nan() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        skin_tone_bin(float("nan"))
+
+
+def skin_batch(itas: list[float], size: int = 16) -> dict[str, torch.Tensor]:
+    """Images whose left half is skin of the given ITA (b* = 15) on a grey-green background;
+    the head is the left half; the background stylizer's output is the background darkened."""
+    count = len(itas)
+    b_star = 15.0
+    lab = torch.zeros(count, 3, size, size)
+    for i, angle in enumerate(itas):
+        lab[i, 0] = 50 + b_star * math.tan(math.radians(angle))
+        lab[i, 1], lab[i, 2] = 10.0, b_star
+    background_lab = torch.tensor([60.0, -20.0, 10.0]).view(1, 3, 1, 1)
+    head = torch.zeros(count, 1, size, size)
+    head[..., : size // 2] = 1.0
+    lab = lab * head + background_lab * (1 - head)
+    src = lab_to_rgb(lab)
+    stylised_background = (src - 0.2).clamp(-1, 1)
+    tgt = src * head + stylised_background * (1 - head)
+    return {
+        "src": src,
+        "tgt": tgt,
+        "skin_mask": head.clone(),
+        "head_mask": head,
+        "background": stylised_background,
+        "is_cutface": torch.zeros(count, dtype=torch.bool),
+    }
+
+
+class Identity(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Whitening(Identity):
+    """Paints every head pixel the character's light skin: the failure colour reflection fixes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        light = lab_to_rgb(torch.tensor([85.0, 8.0, 12.0]).view(1, 3, 1, 1)).expand_as(x).clone()
+        out = x.clone()
+        out[..., : x.shape[-1] // 2] = light[..., : x.shape[-1] // 2]
+        return out
+
+
+def test_identity_net() -> None:
+    batches = [skin_batch([-45.0, 0.0, 20.0]), skin_batch([35.0, 50.0, 60.0])]
+    result = evaluate_stylizer(Identity(), batches)
+    assert result["num_images"] == 6 and result["num_skin_images"] == 6
+    assert result["l1_output_target"] == pytest.approx(result["l1_input_target"])
+    assert result["l1_input_target"] > 0.05
+    assert result["skin_delta_e00_mean"] < 0.05
+    assert set(result["skin_delta_e00_by_bin"]) == {n for n, _ in SKIN_TONE_BINS}
+    # the identity keeps the photo's background, B darkened it: a clear colour difference
+    assert result["background_delta_e00_mean"] > 5
+
+
+def test_whitening_net_is_caught_and_worst_on_dark_skin() -> None:
+    result = evaluate_stylizer(Whitening(), [skin_batch([-45.0, 0.0, 20.0, 35.0, 50.0, 60.0])])
+    by_bin = result["skin_delta_e00_by_bin"]
+    assert result["skin_delta_e00_mean"] > 20
+    assert by_bin["dark"] > by_bin["brown"] > by_bin["tan"] > by_bin["very_light"]
+    assert result["skin_ita_shift_mean"] > 30
+
+
+def test_background_is_measured_against_b_of_x() -> None:
+    batch = skin_batch([0.0, 30.0])
+
+    class Perfect(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return batch["tgt"]
+
+    result = evaluate_stylizer(Perfect(), [batch])
+    assert result["l1_output_target"] == 0
+    assert result["background_delta_e00_mean"] < 1e-3
+    # without the stage key the target stands in for B(x) outside the head: same answer
+    del batch["background"]
+    assert evaluate_stylizer(Perfect(), [batch])["background_delta_e00_mean"] < 1e-3
+
+
+def test_rgb_to_lab_range() -> None:
+    lab = rgb_to_lab(torch.tensor([[-1.0, 1.0]]).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+    torch.testing.assert_close(lab[0, 0, 0], torch.tensor([0.0, 100.0]), atol=1e-3, rtol=0)
+
+
+def test_missing_keys_and_empty_input() -> None:
+    with pytest.raises(KeyError, match="skin_mask"):
+        evaluate_stylizer(
+            Identity(),
+            [
+                {
+                    "src": torch.zeros(1, 3, 8, 8),
+                    "tgt": torch.zeros(1, 3, 8, 8),
+                    "head_mask": torch.zeros(1, 1, 8, 8),
+                }
+            ],
+        )
+    with pytest.raises(ValueError, match="no images"):
+        evaluate_stylizer(Identity(), [])
