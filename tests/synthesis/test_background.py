@@ -134,7 +134,7 @@ def test_animegan_stylizer_loads_public_layout_file(tmp_path):
     out = stylizer(images)
     assert out.shape == images.shape
     with torch.no_grad():
-        assert torch.allclose(out, reference(images).clamp(-1, 1), atol=1e-6)
+        assert torch.allclose(out, reference(images).clamp(-1, 1), atol=1e-4)
     # keep_colors=1: the output's mean colour becomes the input's.
     stylizer.keep_colors = 1.0
     keeping = stylizer(images)

@@ -230,6 +230,14 @@ def test_unknown_and_bad_options():
         make(crop={"scale_range": [0.5, 1.5]})
     with pytest.raises(ValueError, match="index"):
         make()(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="mode"):
+        make(color_reflection={"mode": "median"})
+    with pytest.raises(ValueError, match="outside the face-parsing table"):
+        make(head_mask={"classes": [1, 42]})
+    with pytest.raises(ValueError, match="content_scale_range"):
+        make(cutface={"content_scale_range": [0.0, 1.0]})
+    with pytest.raises(FileNotFoundError, match="landscape_dir"):
+        make(cutface={"landscape_dir": "/nonexistent/landscapes"})
 
 
 def test_real_config_files_compose():

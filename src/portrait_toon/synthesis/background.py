@@ -204,7 +204,8 @@ class AnimeGANStylizer(nn.Module):
     non-commercial weights, fetched by `make weights`). `keep_colors` in [0, 1] pulls each
     output's global Lab mean back towards its input's (1 = the input's mean exactly): the
     method wants a background stylizer that keeps the input's colours, and some styles shift
-    them. Input/output [-1, 1] [B, 3, H, W], any size; frozen, eval mode.
+    them. `channels_last` runs the net in that memory layout. Input/output [-1, 1]
+    [B, 3, H, W], any size; frozen, eval mode.
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class AnimeGANStylizer(nn.Module):
         filename: str = "face_paint_512_v2.pt",
         align_corners: bool = True,
         keep_colors: float = 0.0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= keep_colors <= 1.0:
@@ -222,6 +224,9 @@ class AnimeGANStylizer(nn.Module):
         state = extract_state_dict(load_state_dict_file(path))
         load_into(self.net, state, source=path, expected="AnimeGANv2 generator (bryandlee layout)")
         self.net.eval().requires_grad_(False)
+        # channels_last is the faster layout for this net's convs on CPU (benchmarks/nets.py).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
         self.filename = filename
         self.align_corners = align_corners
         self.keep_colors = float(keep_colors)
@@ -232,7 +237,9 @@ class AnimeGANStylizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.contiguous(memory_format=self.memory_format)
         out = self.net(images, align_corners=self.align_corners).clamp(-1.0, 1.0)
+        out = out.contiguous()
         if self.keep_colors <= 0:
             return out
         lab_out = rgb_to_lab(out)

@@ -87,6 +87,13 @@ def sample_cutface(
     low, high = float(side_range[0]), float(side_range[1])
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"cutface.side_range must satisfy 0 < low <= high <= 1, got {side_range}")
+    scale_low, scale_high = float(content_scale_range[0]), float(content_scale_range[1])
+    if not 0.0 < scale_low <= scale_high:
+        raise ValueError(
+            f"cutface.content_scale_range must satisfy 0 < low <= high, got {content_scale_range}"
+        )
+    if max_tries < 1:
+        raise ValueError(f"cutface.max_tries must be >= 1, got {max_tries}")
     generator = generator_for(int(seed))
     if float(torch.rand(1, generator=generator, dtype=torch.float64)) >= p:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,13 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from portrait_toon.synthesis.augment import paired_crop_flip, sample_crop_params
-from portrait_toon.synthesis.color import reflect_skin_tone
+from portrait_toon.synthesis.color import REFLECTION_MODES, reflect_skin_tone
 from portrait_toon.synthesis.cutface import paste_tiles, sample_cutface
 from portrait_toon.synthesis.landscapes import LandscapeBank
 from portrait_toon.synthesis.latents import pair_seed
 from portrait_toon.synthesis.parsing import (
     HEAD_CLASS_IDS,
     SKIN_CLASS_IDS,
+    class_mask,
     erode,
     head_mask,
     scaled_px,
@@ -180,7 +182,34 @@ class PairSynthesizer(nn.Module):
             raise ValueError(f"augmentation.cutface.p must be in [0, 1], got {cut['p']}")
         if int(cut["max_faces"]) < 1:
             raise ValueError(f"augmentation.cutface.max_faces must be >= 1, got {cut['max_faces']}")
-        # Draw one dummy crop to validate scale_range now rather than mid-training.
+        if color["mode"] not in REFLECTION_MODES:
+            raise ValueError(
+                f"augmentation.color_reflection.mode must be one of {REFLECTION_MODES}, "
+                f"got {color['mode']!r}"
+            )
+        # Build one mask / tile plan / crop now so that a bad class id, range or folder fails
+        # at construction rather than mid-training.
+        probe = torch.zeros(1, 2, 2, dtype=torch.int64)
+        class_mask(probe, self.head_mask_options["classes"])
+        class_mask(probe, color["skin_classes"])
+        if cut["enabled"]:
+            sample_cutface(
+                0,
+                (self.resolution, self.resolution),
+                p=1.0,
+                max_faces=int(cut["max_faces"]),
+                side_range=cut["side_range"],
+                max_tries=int(cut["max_tries"]),
+                content_scale_range=cut["content_scale_range"],
+                content_shift=float(cut["content_shift"]),
+            )
+            landscape_dir = cut["landscape_dir"]
+            if landscape_dir is not None and not Path(landscape_dir).is_dir():
+                raise FileNotFoundError(
+                    f"augmentation.cutface.landscape_dir {landscape_dir} is not a directory; "
+                    "point it to a folder of landscape photos or set it to null for the "
+                    "built-in ones"
+                )
         if self.crop_options["enabled"]:
             sample_crop_params(torch.zeros(1, dtype=torch.int64), self.crop_options["scale_range"])
 
@@ -222,6 +251,137 @@ class PairSynthesizer(nn.Module):
             pictures = pictures.float() / 127.5 - 1.0
         return _resize_images(pictures.float(), self.resolution)
 
+    # -- the stages (each batched; `forward` chains them; benchmarks time them one by one) ----
+
+    def render(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Stage 1 (METHOD.md 1): photo X_src, character X_cdsm and parse labels at
+        `resolution`; `character_labels` only when colour reflection parses the character.
+
+        Parsers see the images at the generator's resolution (the embedded world's exact
+        labels only exist there); everything is resized to `resolution` afterwards.
+        """
+        device = self.device
+        color = self.color_options
+        raw_photo, latents = self.generator.sample(pair_seed(self.base_seed, index, "latent"))
+        raw_character = self.mixer.render(latents)
+        labels = self.segmenter.parse(raw_photo, latents, domain="source")
+        character_labels = None
+        if color["enabled"] and color["target_skin"] == "parse":
+            character_labels = self.segmenter.parse(raw_character, latents, domain="character")
+            character_labels = _resize_labels(character_labels.to(device), self.resolution)
+        return {
+            "photo": _resize_images(raw_photo.to(device).float(), self.resolution),
+            "character": _resize_images(raw_character.to(device).float(), self.resolution),
+            "labels": _resize_labels(labels.to(device), self.resolution),
+            "character_labels": character_labels,
+        }
+
+    def masks(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_head (dilated, feathered) and M_skin of the source parse."""
+        head_opts = self.head_mask_options
+        head = head_mask(
+            labels,
+            head_opts["classes"],
+            dilate_px=head_opts["dilate"],
+            feather_px=head_opts["feather"],
+            reference_resolution=head_opts["reference_resolution"],
+        )
+        return head, skin_mask(labels, self.color_options["skin_classes"])
+
+    def reflect(
+        self,
+        composite: torch.Tensor,
+        photo: torch.Tensor,
+        character: torch.Tensor,
+        head: torch.Tensor,
+        skin: torch.Tensor,
+        character_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Stage 3 (METHOD.md 2): colour reflection X_fb -> X_cr (identity when disabled)."""
+        color = self.color_options
+        if not color["enabled"]:
+            return composite
+        if character_labels is not None:
+            target_skin = skin_mask(character_labels, color["skin_classes"])
+        else:
+            # Proxy: the source skin shrunk away from its border, where the character's
+            # geometry may differ slightly from the photo's.
+            target_skin = erode(skin, self._px(color["erode"], color["reference_resolution"]))
+        return reflect_skin_tone(
+            composite,
+            photo,
+            head,
+            skin,
+            target_skin,
+            alpha=color["alpha"],
+            min_skin_fraction=color["min_skin_fraction"],
+            mode=color["mode"],
+            target=character,
+        )
+
+    def cutface(
+        self,
+        index: torch.Tensor,
+        photo: torch.Tensor,
+        corrected: torch.Tensor,
+        head: torch.Tensor,
+        skin: torch.Tensor,
+        labels: torch.Tensor,
+        landscapes: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 4 (METHOD.md 3): `(src, tgt, head, skin, is_cutface)`, CutFace pairs replaced
+        by tiles on L / B(L). `index` is the CPU int64 index of the pairs."""
+        is_cutface = torch.zeros(index.shape[0], dtype=torch.bool)
+        cut = self.cutface_options
+        if not cut["enabled"] or float(cut["p"]) <= 0:
+            return photo, corrected, head, skin, is_cutface
+        plans = [
+            sample_cutface(
+                int(seed),
+                (self.resolution, self.resolution),
+                p=float(cut["p"]),
+                max_faces=int(cut["max_faces"]),
+                side_range=cut["side_range"],
+                max_tries=int(cut["max_tries"]),
+                content_scale_range=cut["content_scale_range"],
+                content_shift=float(cut["content_shift"]),
+            )
+            for seed in pair_seed(self.base_seed, index, "cutface").tolist()
+        ]
+        is_cutface = torch.tensor([plan is not None for plan in plans], dtype=torch.bool)
+        if not bool(is_cutface.any()):
+            return photo, corrected, head, skin, is_cutface
+        chosen = is_cutface.nonzero()[:, 0].tolist()
+        scenery = self._landscapes(index, landscapes, is_cutface)
+        scenery_toon = self.bg_stylizer(scenery)
+        src, tgt, out_head, out_skin = photo.clone(), corrected.clone(), head.clone(), skin.clone()
+        feather = self._px(cut["feather"], cut["reference_resolution"])
+        for row, pair in enumerate(chosen):
+            pasted = paste_tiles(
+                photo[pair : pair + 1],
+                corrected[pair : pair + 1],
+                head[pair : pair + 1],
+                skin[pair : pair + 1],
+                scenery[row : row + 1],
+                scenery_toon[row : row + 1],
+                plans[pair],
+                feather_px=feather,
+                labels=labels[pair : pair + 1],
+            )
+            src[pair], tgt[pair], out_head[pair], out_skin[pair] = (t[0] for t in pasted)
+        return src, tgt, out_head, out_skin, is_cutface
+
+    def crop(self, index: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Stage 5: the pairs' random scale/crop/flip, identical on every tensor."""
+        if not self.crop_options["enabled"]:
+            return list(tensors)
+        params = sample_crop_params(
+            pair_seed(self.base_seed, index, "crop"),
+            self.crop_options["scale_range"],
+            flip=bool(self.crop_options["flip"]),
+        )
+        return paired_crop_flip(tensors, params)
+
     @torch.no_grad()
     def forward(
         self,
@@ -236,118 +396,28 @@ class PairSynthesizer(nn.Module):
                 f"index must be a 1-D integer tensor, got {index.dtype} {tuple(index.shape)}"
             )
         index_cpu = index.detach().to("cpu", torch.int64)
-        device = self.device
 
-        # Stage 1: source photo, character rendering, parse labels (METHOD.md 1).
-        # Parsers see the images at the generator's resolution (the embedded world's exact
-        # labels only exist there); everything is resized to `resolution` afterwards.
-        color = self.color_options
-        raw_photo, latents = self.generator.sample(pair_seed(self.base_seed, index_cpu, "latent"))
-        raw_character = self.mixer.render(latents)
-        labels = self.segmenter.parse(raw_photo, latents, domain="source")
-        character_labels = None
-        if color["enabled"] and color["target_skin"] == "parse":
-            character_labels = self.segmenter.parse(raw_character, latents, domain="character")
-            character_labels = _resize_labels(character_labels.to(device), self.resolution)
-        photo = _resize_images(raw_photo.to(device).float(), self.resolution)
-        character = _resize_images(raw_character.to(device).float(), self.resolution)
-        labels = _resize_labels(labels.to(device), self.resolution)
-
-        head_opts = self.head_mask_options
-        stage_head = head_mask(
-            labels,
-            head_opts["classes"],
-            dilate_px=head_opts["dilate"],
-            feather_px=head_opts["feather"],
-            reference_resolution=head_opts["reference_resolution"],
-        )
-        stage_skin = skin_mask(labels, color["skin_classes"])
-
+        rendered = self.render(index_cpu)
+        photo, character, labels = rendered["photo"], rendered["character"], rendered["labels"]
+        stage_head, stage_skin = self.masks(labels)
         # Stage 2: stylised background and the composite X_fb.
         background = self.bg_stylizer(photo)
         composite = character * stage_head + background * (1.0 - stage_head)
-
-        # Stage 3: colour reflection X_cr (METHOD.md 2).
-        if color["enabled"]:
-            if character_labels is not None:
-                target_skin = skin_mask(character_labels, color["skin_classes"])
-            else:
-                # Proxy: the source skin shrunk away from its border, where the character's
-                # geometry may differ slightly from the photo's.
-                target_skin = erode(
-                    stage_skin, self._px(color["erode"], color["reference_resolution"])
-                )
-            corrected = reflect_skin_tone(
-                composite,
-                photo,
-                stage_head,
-                stage_skin,
-                target_skin,
-                alpha=color["alpha"],
-                min_skin_fraction=color["min_skin_fraction"],
-                mode=color["mode"],
-                target=character,
-            )
-        else:
-            corrected = composite
-
-        # Stage 4: CutFace (METHOD.md 3).
-        src, tgt = photo, corrected
-        out_head, out_skin = stage_head, stage_skin
-        is_cutface = torch.zeros(index_cpu.shape[0], dtype=torch.bool)
-        cut = self.cutface_options
-        if cut["enabled"] and float(cut["p"]) > 0:
-            plans = [
-                sample_cutface(
-                    int(seed),
-                    (self.resolution, self.resolution),
-                    p=float(cut["p"]),
-                    max_faces=int(cut["max_faces"]),
-                    side_range=cut["side_range"],
-                    max_tries=int(cut["max_tries"]),
-                    content_scale_range=cut["content_scale_range"],
-                    content_shift=float(cut["content_shift"]),
-                )
-                for seed in pair_seed(self.base_seed, index_cpu, "cutface").tolist()
-            ]
-            is_cutface = torch.tensor([plan is not None for plan in plans], dtype=torch.bool)
-            if bool(is_cutface.any()):
-                chosen = is_cutface.nonzero()[:, 0]
-                scenery = self._landscapes(index_cpu, landscapes, is_cutface)
-                scenery_toon = self.bg_stylizer(scenery)
-                src, tgt = src.clone(), tgt.clone()
-                out_head, out_skin = out_head.clone(), out_skin.clone()
-                feather = self._px(cut["feather"], cut["reference_resolution"])
-                for row, pair in enumerate(chosen.tolist()):
-                    pasted = paste_tiles(
-                        photo[pair : pair + 1],
-                        corrected[pair : pair + 1],
-                        stage_head[pair : pair + 1],
-                        stage_skin[pair : pair + 1],
-                        scenery[row : row + 1],
-                        scenery_toon[row : row + 1],
-                        plans[pair],
-                        feather_px=feather,
-                        labels=labels[pair : pair + 1],
-                    )
-                    src[pair], tgt[pair], out_head[pair], out_skin[pair] = (t[0] for t in pasted)
-
-        # Stage 5: paired crop / flip, identical on both sides.
-        if self.crop_options["enabled"]:
-            params = sample_crop_params(
-                pair_seed(self.base_seed, index_cpu, "crop"),
-                self.crop_options["scale_range"],
-                flip=bool(self.crop_options["flip"]),
-            )
-            src, tgt, out_head, out_skin = paired_crop_flip([src, tgt, out_head, out_skin], params)
+        corrected = self.reflect(
+            composite, photo, character, stage_head, stage_skin, rendered["character_labels"]
+        )
+        src, tgt, out_head, out_skin, is_cutface = self.cutface(
+            index_cpu, photo, corrected, stage_head, stage_skin, labels, landscapes
+        )
+        src, tgt, out_head, out_skin = self.crop(index_cpu, [src, tgt, out_head, out_skin])
 
         result = {
             "src": src.clamp(-1.0, 1.0),
             "tgt": tgt.clamp(-1.0, 1.0),
             "head_mask": out_head.clamp(0.0, 1.0),
             "skin_mask": out_skin.clamp(0.0, 1.0),
-            "is_cutface": is_cutface.to(device),
-            "index": index_cpu.to(device),
+            "is_cutface": is_cutface.to(self.device),
+            "index": index_cpu.to(self.device),
         }
         if return_stages:
             result.update(
