@@ -4,7 +4,6 @@ FFHQ StyleGAN2 (`G_s`), CDSM and the face parser when no weights are present (DE
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -15,8 +14,6 @@ from kornia.color import lab_to_rgb, rgb_to_lab
 from torch import Tensor, nn
 
 from portrait_toon.synthesis.latents import generator_for
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "HAIR_COLORS",
@@ -139,10 +136,15 @@ def _hash32(x: Tensor) -> Tensor:
     return (x >> 16) ^ x
 
 
+def _hash_bits(keys: Tensor, salt: int, counter: Tensor) -> Tensor:
+    """32 random bits (int64 in [0, 2^32)) per (key [B, 1.., 1], counter [...]) pair."""
+    mixed = (keys + _hash32((counter + salt * 0x9E3779B) & _MASK32)) & _MASK32
+    return _hash32(mixed)
+
+
 def _uniform_hash(keys: Tensor, salt: int, counter: Tensor) -> Tensor:
     """Uniform [0, 1) floats: one per (key [B, 1.., 1], counter [...]) pair."""
-    mixed = (keys + _hash32((counter + salt * 0x9E3779B) & _MASK32)) & _MASK32
-    return _hash32(mixed).to(torch.float32) * (1.0 / 4294967296.0)
+    return _hash_bits(keys, salt, counter).to(torch.float32) * (1.0 / 4294967296.0)
 
 
 def _value_noise(keys: Tensor, salt: int, cells: int, size: tuple[int, int]) -> Tensor:
@@ -155,6 +157,15 @@ def _value_noise(keys: Tensor, salt: int, cells: int, size: tuple[int, int]) -> 
     ix = torch.arange(cells_x + 1, device=device).view(1, 1, 1, -1)
     lattice = _uniform_hash(keys.view(-1, 1, 1, 1), salt, iy * 4099 + ix) * 2.0 - 1.0
     return F.interpolate(lattice, size=size, mode="bicubic", align_corners=True)
+
+
+def _overlay(image: Tensor, colours: Tensor, alpha: Tensor) -> Tensor:
+    """Paint K translucent layers over `image` [B,3,h,w] in order: colours [B,K,3], alpha
+    [B,K,h,w]. Closed form of K successive lerps: each layer is seen through the ones above."""
+    through = torch.flip(torch.cumprod(torch.flip(1.0 - alpha, (1,)), 1), (1,))  # prod_{j>=k}
+    above = torch.cat([through[:, 1:], torch.ones_like(through[:, :1])], 1)  # prod_{j>k}
+    layers = ((alpha * above).unsqueeze(2) * colours[..., None, None]).sum(1)
+    return image * through[:, :1] + layers
 
 
 def _soften(image: Tensor) -> Tensor:
@@ -396,8 +407,9 @@ class ProceduralWorld:
         )
         main_face = torch.exp(math.log(low_f) + c.next() * (torch.log(high_f) - math.log(low_f)))
         # Head-and-shoulders portraits (single people) get an extra share of the draws.
-        closeup_low = min(max(self.closeup_face_fraction, low_f), high_f.max().item())
-        closeup_face = closeup_low + c.next() * (high_f - closeup_low).clamp(min=0.0)
+        top_f = self.face_fraction_range[1]
+        closeup_low = min(max(self.closeup_face_fraction, low_f), top_f)
+        closeup_face = closeup_low + c.next() * (top_f - closeup_low)
         closeup = (c.next() < self.closeup_prob) & (num_people == 1)
         main_face = torch.where(closeup, closeup_face, main_face)
         main_ita = c.between(*self.ita_range)
@@ -610,7 +622,9 @@ class ProceduralWorld:
         flat["slot"] = torch.arange(self.max_people, device=active.device).expand(batch, -1)[active]
         owner = torch.arange(batch, device=active.device).view(-1, 1).expand_as(active)[active]
         flat["owner"] = owner
-        flat["light"] = dev["light"][owner]
+        flat["scene_light"] = dev["light"]  # [B, 3], per photo
+        flat["inv_radius"] = 1.0 / flat["radius"]
+        flat["cos_tilt"], flat["sin_tilt"] = torch.cos(flat["tilt"]), torch.sin(flat["tilt"])
         return flat
 
     # -- geometry ---------------------------------------------------------------------------
@@ -822,28 +836,31 @@ class ProceduralWorld:
 
     # -- shading ----------------------------------------------------------------------------
     @staticmethod
-    def _pixel_params(person_map: Tensor, persons: dict[str, Tensor], names: Sequence[str]):
-        """Per-pixel copies of per-person parameters (the person drawn at each pixel)."""
-        index = person_map.clamp(min=0)
-        return [persons[name][index] for name in names]
+    def _pixel_params(
+        person_map: Tensor, persons: dict[str, Tensor], names: Sequence[str]
+    ) -> list[Tensor]:
+        """Per-pixel copies (float32 [B, H, W]) of per-person parameters: those of the person
+        drawn at each pixel. One gather for all of them."""
+        table = torch.stack([persons[name].to(torch.float32) for name in names], -1)
+        return list(table[person_map.clamp(min=0)].unbind(-1))
 
     def _head_light(
         self, person_map: Tensor, persons: dict[str, Tensor], grid_x: Tensor, grid_y: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Lambert terms of every pixel on its person's head ellipsoid and body cylinder, and
         the head coordinates (u, v) there."""
-        hx, hy, r, tilt, light = self._pixel_params(
-            person_map, persons, ("head_x", "head_y", "radius", "tilt", "light")
+        hx, hy, inv_r, cos_t, sin_t = self._pixel_params(
+            person_map, persons, ("head_x", "head_y", "inv_radius", "cos_tilt", "sin_tilt")
         )
-        bx = (grid_x - hx) / r
-        by = (grid_y - hy) / r
-        cos_t, sin_t = torch.cos(tilt), torch.sin(tilt)
+        bx = (grid_x - hx) * inv_r
+        by = (grid_y - hy) * inv_r
         u = cos_t * bx + sin_t * by
         v = cos_t * by - sin_t * bx
         nx, ny = u / 1.15, (v + 0.1) / 1.45
         nz = (1.0 - nx.square() - ny.square()).clamp(min=0.02).sqrt()
         norm = (nx.square() + ny.square() + nz.square()).sqrt()
-        lx, ly, lz = light.unbind(-1)
+        # One light per photo (all its people share it).
+        lx, ly, lz = (light.view(-1, 1, 1) for light in persons["scene_light"].unbind(-1))
         head = ((nx * lx + ny * ly + nz * lz) / norm).clamp(0.0, 1.0)
         across = (bx / 2.1).clamp(-1.0, 1.0)
         body = (across * lx + (1.0 - across.square()).sqrt() * lz).clamp(0.0, 1.0)
@@ -933,9 +950,10 @@ class ProceduralWorld:
         is_cloth = self._lookup(self._material_flags(_CLOTH), materials)
         on_top = self._lookup(self._material_flags(("top", "sleeve")), materials)
         is_skin = self._lookup(self._material_flags(_SKIN_TONED), materials)
-        (radius, part, style, stripes, freq, angle) = self._pixel_params(
+        (radius, head_x, part, style, stripes, freq, angle) = self._pixel_params(
             person_map, persons,
-            ("radius", "hair_part", "hair_style", "stripes", "stripe_freq", "stripe_angle"),
+            ("radius", "head_x", "hair_part", "hair_style", "stripes", "stripe_freq",
+             "stripe_angle"),
         )  # fmt: skip
         # Shading in L*, centred near the mean of the lit ellipsoid; the exact skin mean is
         # restored afterwards by _correct_skin, so the drawn tone is what is measured.
@@ -946,13 +964,13 @@ class ProceduralWorld:
         crown = torch.atan2(u - part, v + 1.4)
         strand_freq = math.pi * radius * size[0] * 0.8
         strands = torch.sin(crown * strand_freq + 2.5 * coarse)
-        curly = style == HAIR_STYLES.index("curly")
+        curly = style == float(HAIR_STYLES.index("curly"))
         hair_texture = torch.where(curly, 6.0 * fine, 4.0 * strands + 1.5 * fine)
-        bx = (grid_x - self._pixel_params(person_map, persons, ("head_x",))[0]) / radius
+        bx = (grid_x - head_x) / radius
         by = grid_y / radius
         stripe = torch.sin(freq * (by * torch.cos(angle) + bx * torch.sin(angle))) > 0
         cloth_texture = (
-            3.0 * coarse + 1.2 * fine + torch.where(stripes & stripe & on_top, -22.0, 0.0)
+            3.0 * coarse + 1.2 * fine + torch.where((stripes > 0) & stripe & on_top, -22.0, 0.0)
         )
         texture = torch.where(
             is_hair, hair_texture, torch.where(is_cloth, cloth_texture, 1.2 * fine)
@@ -1027,7 +1045,8 @@ class ProceduralWorld:
         counter = torch.arange(3 * height * width, device=rgb.device).view(1, 3, height, width)
         keys = dev["noise_key"].view(-1, 1, 1, 1)
         # Sum of two uniforms: a cheap bell-shaped noise with unit variance after scaling.
-        noise = _uniform_hash(keys, 7, counter) + _uniform_hash(keys, 8, counter) - 1.0
+        bits = _hash_bits(keys, 7, counter)
+        noise = ((bits & 0xFFFF) + (bits >> 16)).to(torch.float32) * (1.0 / 65536.0) - 1.0
         rgb = rgb + noise * (math.sqrt(6.0) * dev["noise_sigma"].view(-1, 1, 1, 1))
         return rgb.clamp(0.0, 1.0) * 2.0 - 1.0
 
@@ -1068,31 +1087,28 @@ class ProceduralWorld:
         wave = torch.sin(2 * math.pi * scalar("bg_freq") * (along + 0.05 * coarse))
         stripe = ((wave * 3.0).clamp(-1.0, 1.0) + 1.0) * 0.5
         lab = torch.where(kind == 2, torch.lerp(lab, col("bg_color_c"), stripe), lab)
-        # Soft colour blobs.
-        blob_keys = keys.view(-1, 1, 1, 1)
-        for index in range(5):
-            center = _uniform_hash(
-                blob_keys, 20 + index, torch.arange(6, device=device).view(1, 6, 1, 1)
-            )
-            cx, cy = center[:, 0:1] * (width / height), center[:, 1:2]
-            sigma = 0.08 + 0.2 * center[:, 2:3]
-            weight = torch.exp(-((x - cx).square() + (y - cy).square()) / (2 * sigma**2))
-            colour = torch.stack([30 + 60 * center[:, 3], 60 * center[:, 4] - 30,
-                                  70 * center[:, 5] - 30], 1).view(batch, 3, 1, 1)  # fmt: skip
-            lab = torch.where(kind == 3, torch.lerp(lab, colour, 0.85 * weight), lab)
+        # Soft colour blobs, all at once: [B, K, h, w] weights.
+        aspect = width / height
+        blob = _uniform_hash(keys.view(-1, 1, 1), 20, torch.arange(30, device=device).view(1, 5, 6))
+        blob_x, blob_y = blob[..., 0:1, None] * aspect, blob[..., 1:2, None]
+        sigma = 0.08 + 0.2 * blob[..., 2:3, None]
+        weight = torch.exp(-((x - blob_x).square() + (y - blob_y).square()) / (2 * sigma**2))
+        blob_lab = torch.stack(
+            [30 + 60 * blob[..., 3], 60 * blob[..., 4] - 30, 70 * blob[..., 5] - 30], -1
+        )
+        lab = _overlay(lab, blob_lab, 0.85 * weight * (kind == 3))
         # Bokeh: soft bright discs (on its own or over any other background).
         bokeh = (kind == 4) | dev["bokeh_extra"].view(batch, 1, 1, 1)
-        for index in range(12):
-            disc = _uniform_hash(
-                blob_keys, 40 + index, torch.arange(5, device=device).view(1, 5, 1, 1)
-            )
-            cx, cy = disc[:, 0:1] * (width / height), disc[:, 1:2]
-            radius = 0.02 + 0.07 * disc[:, 2:3]
-            dist = ((x - cx).square() + (y - cy).square()).sqrt()
-            alpha = ((radius - dist) / 0.012).clamp(0.0, 1.0) * (0.25 + 0.4 * disc[:, 3:4])
-            tint = torch.lerp(col("bg_color_c"), torch.tensor([97.0, 0, 8.0], device=device)
-                              .view(1, 3, 1, 1), 0.6 + 0.4 * disc[:, 4:5])  # fmt: skip
-            lab = torch.where(bokeh, torch.lerp(lab, tint, alpha), lab)
+        disc = _uniform_hash(
+            keys.view(-1, 1, 1), 40, torch.arange(60, device=device).view(1, 12, 5)
+        )
+        disc_x, disc_y = disc[..., 0:1, None] * aspect, disc[..., 1:2, None]
+        disc_r = 0.02 + 0.07 * disc[..., 2:3, None]
+        dist = ((x - disc_x).square() + (y - disc_y).square()).sqrt()
+        alpha = ((disc_r - dist) / 0.012).clamp(0.0, 1.0) * (0.25 + 0.4 * disc[..., 3:4, None])
+        light = torch.tensor([97.0, 0.0, 8.0], device=device)
+        tint = torch.lerp(dev["bg_color_c"].view(batch, 1, 3), light, 0.6 + 0.4 * disc[..., 4:5])
+        lab = _overlay(lab, tint, alpha * bokeh)
         # Interior: wall, floor with planks, a window.
         floor_y = scalar("floor")
         planks = (torch.sin(2 * math.pi * 12.0 * x / (y - floor_y + 0.3)) > 0.9).float()
