@@ -77,7 +77,8 @@ def label_image(
     while not fits and len(text) > 2:
         text = text[:-3] + ".."
         fits = cv2.getTextSize(text, font, font_scale, thickness)[0][0] <= width - 6
-    (_, text_h), baseline = cv2.getTextSize(text, font, font_scale, thickness)
+    # Strip height from a fixed reference string, so all labels at one scale line up.
+    (_, text_h), baseline = cv2.getTextSize("Ag(|", font, font_scale, thickness)
     strip_h = text_h + baseline + 6
     strip = np.empty((strip_h, width, 3), dtype=np.uint8)
     strip[:] = background
