@@ -4,7 +4,7 @@ labels, character, character labels) at 64, 128 and 256 px, and images/s; prints
 The renderer is element-wise and memory-bound, not FLOP-bound, so besides the protocol's
 matmul/conv peaks the same run measures the machine's element-wise speed (a fused multiply-add
 over 16x3x256x256 floats) and reports each batch time in units of it as well.
-Usage: python benchmarks/procedural.py [--batch 16] [--runs 5] [--skip-peaks]
+Usage: python benchmarks/procedural.py [--batch 16] [--runs 5] [--skip-peaks] [--threads 2]
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-peaks", action="store_true", help="skip the matmul/conv peaks")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (protocol: 2)")
     args = parser.parse_args()
-    setup()
+    setup(args.threads)
     result: dict = {"benchmark": "procedural world render", "batch": args.batch}
     if not args.skip_peaks:
         result["peaks"] = measure_peaks(runs=3)

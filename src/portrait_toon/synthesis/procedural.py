@@ -75,6 +75,21 @@ _HEAD_SHADED = (
 )  # fmt: skip
 _HAIR = ("hair", "hair_back")
 _CLOTH = ("top", "sleeve", "pants", "shoe")
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "head": _HEAD_SHADED,
+    "hair": _HAIR,
+    "cloth": _CLOTH,
+    "top": ("top", "sleeve"),
+    "skin": _SKIN_TONED,
+}
+# One bit per group for every material, so all group masks come from a single lookup.
+_GROUP_BITS = torch.tensor(
+    [
+        sum(1 << i for i, members in enumerate(_GROUPS.values()) if name in members)
+        for name, _ in _MATERIALS
+    ],
+    dtype=torch.int64,
+)
 
 HAIR_COLORS: dict[str, tuple[float, float, float]] = {
     # CIELAB centres; each person gets a small jitter around them.
@@ -166,6 +181,19 @@ def _overlay(image: Tensor, colours: Tensor, alpha: Tensor) -> Tensor:
     above = torch.cat([through[:, 1:], torch.ones_like(through[:, :1])], 1)  # prod_{j>k}
     layers = ((alpha * above).unsqueeze(2) * colours[..., None, None]).sum(1)
     return image * through[:, :1] + layers
+
+
+def _boundary(region: Tensor, thickness: int) -> Tensor:
+    """Pixels of a region map [B, H, W] with a different region within `thickness` px along a
+    row or column (the frame border is no boundary)."""
+    height, width = region.shape[-2:]
+    t = thickness
+    padded = F.pad(region.unsqueeze(1), (t, t, t, t), mode="replicate")[:, 0]
+    found = torch.zeros_like(region, dtype=torch.bool)
+    for step in range(1, t + 1):
+        for dy, dx in ((step, 0), (-step, 0), (0, step), (0, -step)):
+            found |= padded[:, t + dy : t + dy + height, t + dx : t + dx + width] != region
+    return found
 
 
 def _soften(image: Tensor) -> Tensor:
@@ -871,10 +899,10 @@ class ProceduralWorld:
         return table.to(materials.device)[materials.long()]
 
     @staticmethod
-    def _material_flags(names: Sequence[str]) -> Tensor:
-        flags = torch.zeros(_NUM_MATERIALS, dtype=torch.bool)
-        flags[[_M[name] for name in names]] = True
-        return flags
+    def _material_groups(materials: Tensor) -> dict[str, Tensor]:
+        """Boolean [B, H, W] masks of the material groups, from one table lookup."""
+        bits = ProceduralWorld._lookup(_GROUP_BITS, materials)
+        return {name: (bits & (1 << i)) != 0 for i, name in enumerate(_GROUPS)}
 
     def _palette(self, persons: dict[str, Tensor], character: bool) -> Tensor:
         """Base CIELAB colour of every (person, material): [N + 1, M, 3] (last row: unused)."""
@@ -939,17 +967,15 @@ class ProceduralWorld:
         """Soft Lambert shading, skin/hair/cloth texture: the photo in CIELAB [B,3,H,W]."""
         base = self._base_colour(self._palette(persons, False), materials, person_map, background)
         head, body, u, v = self._head_light(person_map, persons, grid_x, grid_y)
-        on_head = self._lookup(self._material_flags(_HEAD_SHADED), materials)
-        lambert = torch.where(on_head, head, body)
+        groups = self._material_groups(materials)
+        lambert = torch.where(groups["head"], head, body)
         strength = dev["shade_strength"].view(-1, 1, 1)
         keys = dev["noise_key"]
         size = materials.shape[-2:]
         fine = _value_noise(keys, 1, max(4, size[0] // 3), size)[:, 0]
         coarse = _value_noise(keys, 2, 6, size)[:, 0]
-        is_hair = self._lookup(self._material_flags(_HAIR), materials)
-        is_cloth = self._lookup(self._material_flags(_CLOTH), materials)
-        on_top = self._lookup(self._material_flags(("top", "sleeve")), materials)
-        is_skin = self._lookup(self._material_flags(_SKIN_TONED), materials)
+        is_hair, is_cloth, on_top = groups["hair"], groups["cloth"], groups["top"]
+        is_skin = groups["skin"]
         (radius, head_x, part, style, stripes, freq, angle) = self._pixel_params(
             person_map, persons,
             ("radius", "head_x", "hair_part", "hair_style", "stripes", "stripe_freq",
@@ -992,10 +1018,10 @@ class ProceduralWorld:
         posterised = torch.round(posterised / steps) * steps
         base = self._base_colour(self._palette(persons, True), materials, person_map, posterised)
         head, body, u, v = self._head_light(person_map, persons, grid_x, grid_y)
-        on_head = self._lookup(self._material_flags(_HEAD_SHADED), materials)
-        lambert = torch.where(on_head, head, body)
-        is_hair = self._lookup(self._material_flags(_HAIR), materials)
-        is_tone = self._lookup(self._material_flags((*_SKIN_TONED, *_HAIR, *_CLOTH)), materials)
+        groups = self._material_groups(materials)
+        lambert = torch.where(groups["head"], head, body)
+        is_hair = groups["hair"]
+        is_tone = groups["skin"] | is_hair | groups["cloth"]
         shadow = torch.where(is_tone & (lambert < 0.35), -11.0, 0.0)
         ring = (u / 1.15).square() + ((v + 0.1) / 1.45).square()
         shine = is_hair & (materials == _M["hair"]) & ((ring - 0.62).abs() < 0.06) & (v < -0.2)
@@ -1006,12 +1032,8 @@ class ProceduralWorld:
         # Outlines: every boundary between parts or people, drawn on the non-skin side so the
         # character's skin keeps its flat fill (colour reflection measures its mean).
         region = torch.where(labels == 10, 1, labels) + 32 * (person_map + 1)
-        region = region.unsqueeze(1).float()
         thickness = max(1, round(min(materials.shape[-2:]) / 160))
-        kernel = 2 * thickness + 1
-        high = F.max_pool2d(region, kernel, stride=1, padding=thickness)
-        low = -F.max_pool2d(-region, kernel, stride=1, padding=thickness)
-        boundary = ((high != region) | (low != region))[:, 0]
+        boundary = _boundary(region.float(), thickness)
         skin_side = (labels == 1) | (labels == 10)
         outline = boundary & ~skin_side
         ink = torch.tensor(self.character_outline_lab, device=lab.device).view(1, 3, 1, 1)
@@ -1034,7 +1056,7 @@ class ProceduralWorld:
             min=1.0
         ).unsqueeze(-1)
         shift = torch.where(count.unsqueeze(-1) > 0, target - mean, torch.zeros_like(mean))
-        toned = ProceduralWorld._lookup(ProceduralWorld._material_flags(_SKIN_TONED), materials)
+        toned = ProceduralWorld._material_groups(materials)["skin"]
         weights = (owned & toned.unsqueeze(1)).to(lab.dtype)  # [B, P, H, W]
         return lab + (weights.unsqueeze(2) * shift.view(*shift.shape, 1, 1)).sum(1)
 
