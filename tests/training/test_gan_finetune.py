@@ -29,7 +29,8 @@ from portrait_toon.training.diffaugment import (
     cutout_mask,
     translate,
 )
-from portrait_toon.training.gan_finetune import StyleGANFinetuneModule
+from portrait_toon.training.gan_finetune import StyleGANFinetuneModule, make_pair_grid
+from portrait_toon.utils.grid import tensor_to_uint8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,3 +449,56 @@ def test_optimizers_use_lazy_regularisation_correction() -> None:
     assert len(g_frozen_optim.param_groups[0]["params"]) == len(list(frozen.g.parameters())) - len(
         frozen.frozen_g
     )
+
+
+def test_pair_grid_keeps_source_above_adapted_in_every_row() -> None:
+    source = torch.rand(5, 3, 4, 4) * 2 - 1
+    adapted = -source
+    grid = make_pair_grid(source, adapted, columns=3)
+    assert grid.shape == (4 * 4, 3 * 4, 3)  # two row pairs of 3 columns
+    cell = lambda row, col: grid[row * 4 : row * 4 + 4, col * 4 : col * 4 + 4]  # noqa: E731
+    assert np.array_equal(cell(0, 1), tensor_to_uint8(source[1]))
+    assert np.array_equal(cell(1, 1), tensor_to_uint8(adapted[1]))
+    assert np.array_equal(cell(2, 1), tensor_to_uint8(source[4]))
+    assert np.array_equal(cell(3, 1), tensor_to_uint8(adapted[4]))
+    assert (cell(3, 2) == 0).all()  # padding of the short last row
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiment config (python train.py experiment=finetune_target debug=tiny)
+def _compose_finetune(tmp_path: Path, debug: bool) -> Any:
+    from portrait_toon import config
+
+    overrides = ["experiment=finetune_target"] + (["debug=tiny"] if debug else [])
+    cfg = config.compose_config("train", overrides, tmp_path / "run")
+    config.apply_set_if_present(cfg)  # what the train task does first
+    return cfg
+
+
+def test_finetune_experiment_without_weights_is_a_clear_error(tmp_path: Path) -> None:
+    from portrait_toon import config
+
+    cfg = _compose_finetune(tmp_path, debug=False)
+    assert cfg.model.generator.size == cfg.data.size == 1024
+    assert cfg.model.init_ckpt.endswith("stylegan2-ffhq-config-f.pt")
+    with pytest.raises(config.ConfigError, match="stylegan2-ffhq-config-f.pt"):
+        config.validate(cfg)
+
+
+def test_finetune_experiment_runs_under_debug_tiny(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from portrait_toon import config
+
+    cfg = _compose_finetune(tmp_path, debug=True)
+    config.validate(cfg)
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    assert not getattr(data, "needs_synthesizer", True)
+    assert data.size == model.generator_kwargs["size"] == cfg.resolution == 32
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[])
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == cfg.trainer.max_steps
+    exported = Path(cfg.model.export_path)
+    assert exported.is_file() and exported.with_suffix(".yaml").is_file()
+    assert set(load_stylegan2_checkpoint(exported)) == {"g_ema", "latent_avg", "g", "d"}

@@ -18,10 +18,9 @@ atomically (plus a YAML file beside it with the architecture and the run's confi
 from __future__ import annotations
 
 import copy
+import io
 import logging
-import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from portrait_toon.checkpoints import load_into, load_stylegan2_checkpoint, reso
 from portrait_toon.data.images import write_image
 from portrait_toon.nets.stylegan2 import Discriminator, Generator
 from portrait_toon.training.diffaugment import AdaptiveAugmentProbability, DiffAugment
+from portrait_toon.utils.files import atomic_write_bytes
+from portrait_toon.utils.grid import make_grid, tensor_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +142,19 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
 def make_pair_grid(source: Tensor, adapted: Tensor, columns: int = 8) -> np.ndarray:
     """uint8 HWC grid: for every row of `columns` latents, the source generator's images above
     the adapted generator's images on the same latents; inputs in [-1, 1] NCHW."""
-    count, channels, height, width = source.shape
+    count = source.shape[0]
     columns = max(1, min(columns, count))
-    rows = math.ceil(count / columns)
-    canvas = torch.full((channels, rows * 2 * height, columns * width), -1.0)
-    for i in range(count):
-        row, col = divmod(i, columns)
-        top, left = row * 2 * height, col * width
-        canvas[:, top : top + height, left : left + width] = source[i].float().cpu()
-        canvas[:, top + height : top + 2 * height, left : left + width] = adapted[i].float().cpu()
-    pixels = ((canvas.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(1, 2, 0).numpy()
+    blank = source.new_full((1, *source.shape[1:]), -1.0)
+    tiles = []
+    for start in range(0, count, columns):
+        for half in (source, adapted):
+            chunk = half[start : start + columns]
+            missing = columns - chunk.shape[0]  # last row: pad so the pairs stay aligned
+            tiles.append(
+                torch.cat([chunk, blank.expand(missing, -1, -1, -1)]) if missing else chunk
+            )
+    grid = make_grid(torch.cat(tiles).float().cpu(), nrow=columns, padding=0)
+    return tensor_to_uint8(grid)
 
 
 class StyleGANFinetuneModule(pl.LightningModule):
@@ -569,17 +572,9 @@ class StyleGANFinetuneModule(pl.LightningModule):
         architecture (to rebuild Generator/Discriminator), step count and run config."""
         path = Path(path) if path is not None else self.default_export_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = self.rosinality_state()
-        handle, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        os.close(handle)
-        try:
-            torch.save(state, temp_name)
-            os.replace(temp_name, path)
-        finally:
-            if os.path.exists(temp_name):
-                os.unlink(temp_name)
+        buffer = io.BytesIO()
+        torch.save(self.rosinality_state(), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
         sidecar = {
             "checkpoint": path.name,
             "generator": self.generator_kwargs,
@@ -590,9 +585,7 @@ class StyleGANFinetuneModule(pl.LightningModule):
             "run_config": _run_config(),
         }
         config_path = path.with_suffix(".yaml")
-        temp_config = config_path.with_name(f".{config_path.name}.tmp")
-        OmegaConf.save(OmegaConf.create(sidecar), temp_config)
-        os.replace(temp_config, config_path)
+        atomic_write_bytes(config_path, OmegaConf.to_yaml(OmegaConf.create(sidecar)).encode())
         log.info("wrote G_t (rosinality format) to %s and its config to %s", path, config_path)
         return path
 
