@@ -591,7 +591,7 @@ class StyleGANFinetuneModule(pl.LightningModule):
 
 
 def _run_config() -> dict[str, Any] | None:
-    """The composed Hydra config of this run (its .hydra/config.yaml), when there is one."""
+    """The composed Hydra config of this run (its .hydra/config.yaml, resolved), if any."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -602,4 +602,9 @@ def _run_config() -> dict[str, Any] | None:
         return None
     if not saved.is_file():
         return None
-    return OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    config = OmegaConf.load(saved)
+    try:  # inside the Hydra job every interpolation (paths, ${hydra:...}) resolves
+        return OmegaConf.to_container(config, resolve=True)
+    except Exception:  # noqa: BLE001 - a resolver missing here: keep the config as written
+        log.info("run config kept unresolved (an interpolation does not resolve here)")
+        return OmegaConf.to_container(config, resolve=False)
