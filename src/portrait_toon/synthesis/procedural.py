@@ -141,6 +141,7 @@ def _rgb255_to_lab(rgb: Sequence[float], name: str) -> tuple[float, float, float
 # generator, costs no host->device copy and is the same on every device and batch composition.
 # --------------------------------------------------------------------------------------------
 _MASK32 = 0xFFFFFFFF
+Value = Tensor | float  # a shape parameter: a number or a tensor broadcastable to the maps
 
 
 def _hash32(x: Tensor) -> Tensor:
@@ -212,11 +213,14 @@ def _soften(image: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Shapes: boolean inside-tests on broadcastable coordinate maps (no per-pixel Python).
 # --------------------------------------------------------------------------------------------
-def _ellipse(u: Tensor, v: Tensor, cu, cv, ru, rv) -> Tensor:
+def _ellipse(u: Tensor, v: Tensor, cu: Value, cv: Value, ru: Value, rv: Value) -> Tensor:
+    """Points inside the axis-aligned ellipse centred (cu, cv) with radii (ru, rv)."""
     return ((u - cu) / ru).square() + ((v - cv) / rv).square() < 1.0
 
 
-def _capsule(x: Tensor, y: Tensor, ax, ay, bx, by, radius) -> Tensor:
+def _capsule(
+    x: Tensor, y: Tensor, ax: Value, ay: Value, bx: Value, by: Value, radius: Value
+) -> Tensor:
     """Points within `radius` of the segment a-b."""
     dx, dy = bx - ax, by - ay
     px, py = x - ax, y - ay
@@ -224,13 +228,18 @@ def _capsule(x: Tensor, y: Tensor, ax, ay, bx, by, radius) -> Tensor:
     return (px - t * dx).square() + (py - t * dy).square() < radius * radius
 
 
-def _rounded_box(x: Tensor, y: Tensor, cx, cy, half_x, half_y, corner) -> Tensor:
+def _rounded_box(
+    x: Tensor, y: Tensor, cx: Value, cy: Value, half_x: Value, half_y: Value, corner: Value
+) -> Tensor:
+    """Points inside the box centred (cx, cy) with half sizes and rounded corners."""
     qx = ((x - cx).abs() - (half_x - corner)).clamp(min=0.0)
     qy = ((y - cy).abs() - (half_y - corner)).clamp(min=0.0)
     return qx.square() + qy.square() < corner * corner
 
 
-def _head_shape(u: Tensor, v: Tensor, rx: float, ry_up: float, ry_low: Tensor, jaw: float):
+def _head_shape(
+    u: Tensor, v: Tensor, rx: float, ry_up: float, ry_low: Tensor, jaw: float
+) -> Tensor:
     """An egg: round skull (ry_up), a chin of height ry_low that narrows by `jaw` at the bottom."""
     ry = torch.where(v < 0, torch.full_like(v, ry_up), ry_low.expand_as(v))
     width = rx * (1.0 - jaw * (v / ry_low).clamp(0.0, 1.0).square())
@@ -957,13 +966,25 @@ class ProceduralWorld:
         rows[:, _M["shoe"]] = persons["shoe_lab"]
         return palette
 
-    def _base_colour(self, palette: Tensor, materials: Tensor, person_map: Tensor, background):
+    @staticmethod
+    def _base_colour(
+        palette: Tensor, materials: Tensor, person_map: Tensor, background: Tensor
+    ) -> Tensor:
         """Palette colour at every pixel, the background where no person is drawn: [B,3,H,W]."""
         index = person_map.clamp(min=0) * _NUM_MATERIALS + materials.long()
         colour = palette.view(-1, 3)[index].permute(0, 3, 1, 2)
         return torch.where((materials == 0).unsqueeze(1), background, colour)
 
-    def _shade_photo(self, materials, person_map, persons, dev, background, grid_x, grid_y):
+    def _shade_photo(
+        self,
+        materials: Tensor,
+        person_map: Tensor,
+        persons: dict[str, Tensor],
+        dev: dict[str, Tensor],
+        background: Tensor,
+        grid_x: Tensor,
+        grid_y: Tensor,
+    ) -> Tensor:
         """Soft Lambert shading, skin/hair/cloth texture: the photo in CIELAB [B,3,H,W]."""
         base = self._base_colour(self._palette(persons, False), materials, person_map, background)
         head, body, u, v = self._head_light(person_map, persons, grid_x, grid_y)
@@ -1007,7 +1028,15 @@ class ProceduralWorld:
         # Subject skin gets a hint of warm light on lit parts (a and b scale with lightness).
         return lab
 
-    def _shade_character(self, materials, person_map, persons, background, grid_x, grid_y):
+    def _shade_character(
+        self,
+        materials: Tensor,
+        person_map: Tensor,
+        persons: dict[str, Tensor],
+        background: Tensor,
+        grid_x: Tensor,
+        grid_y: Tensor,
+    ) -> tuple[Tensor, Tensor]:
         """Flat cel shading (2-3 tones), anime hair shine and dark outlines: CIELAB [B,3,H,W]
         and the character's labels."""
         posterised = F.interpolate(
@@ -1171,6 +1200,7 @@ class ProceduralGenerator(nn.Module):
         return height if height == width else (height, width)
 
     def sample(self, seeds: Tensor) -> tuple[Tensor, Scene]:
+        """Photos [B, 3, H, W] in [-1, 1] and their Scene for int64 seeds [B]."""
         return self.world.render(seeds, device=self.device_anchor.device)
 
     def forward(self, seeds: Tensor) -> tuple[Tensor, Scene]:
@@ -1185,6 +1215,7 @@ class ProceduralMixer(nn.Module):
         self.register_buffer("device_anchor", torch.zeros(()), persistent=False)
 
     def render(self, latents: Scene) -> Tensor:
+        """The character rendering [B, 3, H, W] of the scenes in `latents`."""
         if not isinstance(latents, Scene):
             raise TypeError(
                 "ProceduralMixer.render needs the Scene from ProceduralGenerator.sample, got "
@@ -1207,6 +1238,7 @@ class ProceduralSegmenter(nn.Module):
         self.register_buffer("device_anchor", torch.zeros(()), persistent=False)
 
     def parse(self, images: Tensor, latents: Scene | None = None, domain: str = "source") -> Tensor:
+        """Labels [B, H, W] of `images`: the photo's (`domain="source"`) or the character's."""
         if domain not in self.DOMAINS:
             raise ValueError(f"ProceduralSegmenter.parse: domain must be one of {self.DOMAINS}, "
                              f"got {domain!r}")  # fmt: skip
