@@ -320,3 +320,30 @@ def test_procedural_color_reflection_follows_the_photo(procedural):
     assert float(delta_e00(without, photo_skin).mean()) > 10.0
     character_tone = scene.character_skin_lab.reshape(1, 3).expand_as(without)
     assert float(delta_e00(without, character_tone).max()) < 2.0
+
+
+def test_shift_region_leaves_the_background_band_alone():
+    from portrait_toon.nets.bisenet import HEAD_CLASS_IDS
+    from portrait_toon.synthesis.parsing import class_mask, dilate
+
+    options = {
+        "cutface": {"enabled": False},
+        "crop": {"enabled": False},
+        "head_mask": {"dilate": 24.0, "feather": 8.0},  # a wide band at 48 px
+    }
+    index = torch.arange(4)
+    character_only = make(**options)(index, return_stages=True)
+    whole_mask = make(color_reflection={"shift_region": "head_mask"}, **options)(
+        index, return_stages=True
+    )
+    parsed_head = class_mask(character_only["labels"], HEAD_CLASS_IDS)
+    band = (character_only["stage_head_mask"] > 0.05) & (dilate(parsed_head, 2) == 0)
+    band = band.expand_as(character_only["composite"])
+    assert bool(band.any())
+    # The band is background in the composite: unchanged with the character's head as the
+    # shift region, shifted by the skin offset with the paper's plain M_head.
+    composite = character_only["composite"]
+    assert torch.allclose(character_only["tgt"][band], composite[band], atol=1e-4)
+    assert float((whole_mask["tgt"][band] - composite[band]).abs().max()) > 0.05
+    with pytest.raises(ValueError, match="shift_region"):
+        make(color_reflection={"shift_region": "everything"})

@@ -27,6 +27,7 @@ from portrait_toon.synthesis.parsing import (
     SKIN_CLASS_IDS,
     class_mask,
     erode,
+    feather,
     head_mask,
     scaled_px,
     skin_mask,
@@ -54,6 +55,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mode": "mean",
         "skin_classes": list(SKIN_CLASS_IDS),
         "erode": 3.0,
+        "shift_region": "character_head",
+        "shift_feather": 1.5,
         "reference_resolution": 256,
     },
     "cutface": {
@@ -76,6 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 TARGET_SKIN_CHOICES = ("parse", "eroded")
+SHIFT_REGION_CHOICES = ("character_head", "head_mask")
 
 
 def _plain(value: Any) -> Any:
@@ -182,6 +186,11 @@ class PairSynthesizer(nn.Module):
             raise ValueError(f"augmentation.cutface.p must be in [0, 1], got {cut['p']}")
         if int(cut["max_faces"]) < 1:
             raise ValueError(f"augmentation.cutface.max_faces must be >= 1, got {cut['max_faces']}")
+        if color["shift_region"] not in SHIFT_REGION_CHOICES:
+            raise ValueError(
+                f"augmentation.color_reflection.shift_region must be one of "
+                f"{SHIFT_REGION_CHOICES}, got {color['shift_region']!r}"
+            )
         if color["mode"] not in REFLECTION_MODES:
             raise ValueError(
                 f"augmentation.color_reflection.mode must be one of {REFLECTION_MODES}, "
@@ -307,10 +316,20 @@ class PairSynthesizer(nn.Module):
             # Proxy: the source skin shrunk away from its border, where the character's
             # geometry may differ slightly from the photo's.
             target_skin = erode(skin, self._px(color["erode"], color["reference_resolution"]))
+        shift_weight = head
+        if color["shift_region"] == "character_head" and character_labels is not None:
+            # M_head's dilation band holds stylised background wherever the character has
+            # none; shifting it by the skin offset would paint a dark/light halo around the
+            # head. Only the character's own head (softly edged) inside M_head is shifted.
+            character_head = class_mask(character_labels, self.head_mask_options["classes"])
+            soft_edge = feather(
+                character_head, self._px(color["shift_feather"], color["reference_resolution"])
+            )
+            shift_weight = head * torch.maximum(character_head, soft_edge)
         return reflect_skin_tone(
             composite,
             photo,
-            head,
+            shift_weight,
             skin,
             target_skin,
             alpha=color["alpha"],
