@@ -131,9 +131,11 @@ def apply_set_if_present(cfg: DictConfig) -> list[str]:
 
     A debug config cannot set e.g. `model.net.base_channels` blindly: another model choice may
     not have that argument and would then fail to build. Keys absent from the composed config
-    are skipped. Returns the assignments that were applied.
+    are skipped, and so are keys given on the command line (the user's override wins, as it
+    does for every other config value). Returns the assignments that were applied.
     """
     entries = cfg.get("set_if_present") or []
+    from_command_line = _command_line_keys(cfg)
     applied: list[str] = []
     for entry in entries:
         key, sep, raw_value = str(entry).partition("=")
@@ -142,6 +144,8 @@ def apply_set_if_present(cfg: DictConfig) -> list[str]:
             raise ConfigError(
                 f"set_if_present entry {entry!r} is not of the form 'dotted.key=value'"
             )
+        if key in from_command_line:
+            continue
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if not isinstance(parent, DictConfig) or leaf not in parent:
@@ -153,6 +157,21 @@ def apply_set_if_present(cfg: DictConfig) -> list[str]:
     if applied:
         log.info("debug shrink applied: %s", ", ".join(applied))
     return applied
+
+
+def _command_line_keys(cfg: DictConfig) -> set[str]:
+    """Dotted keys whose VALUE the command line set (`trainer.max_steps=6`; not group choices)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = str(override).split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if not isinstance(value, DictConfig):  # a group choice selects a whole node
+            keys.add(key)
+    return keys
 
 
 def _yaml_value(text: str) -> Any:

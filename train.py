@@ -1,0 +1,20 @@
+"""Train the stylization network F: `python train.py [experiment=demo] [key=value ...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import portrait_toon.config  # noqa: F401  (registers the resolvers the config tree uses)
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from portrait_toon.tasks.train import train
+
+    metrics = train(cfg)
+    # a sweeper (hparams_search config) optimises the metric it names in `optimized_metric`
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name and metrics else None
+
+
+if __name__ == "__main__":
+    main()
