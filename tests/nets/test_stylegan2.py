@@ -249,7 +249,7 @@ def test_golden_discriminator_intermediates(golden, golden_run) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", ["reference", "grouped", "activation"])
+@pytest.mark.parametrize("impl", ["reference", "weight", "activation"])
 def test_golden_images_every_modconv_impl(golden, golden_nets, impl: str) -> None:
     g, d = golden_nets
     g.set_modconv_impl(impl)
@@ -306,7 +306,7 @@ def test_upfirdn2d_reference_semantics() -> None:
     torch.testing.assert_close(down[0, 0], torch.tensor([[0.0, 2.0], [8.0, 10.0]]))
 
 
-@pytest.mark.parametrize("impl", ["grouped", "activation"])
+@pytest.mark.parametrize("impl", ["weight", "activation"])
 @pytest.mark.parametrize(
     ("batch", "kernel_size", "upsample", "demodulate", "layout"),
     [
@@ -332,9 +332,17 @@ def test_modulated_conv_impls_match_reference(
     bias = torch.randn(5)
     blur = conv.blur.kernel if upsample else None
     ref = modulated_conv2d_reference(x, conv.weight, styles, demodulate, upsample, blur)
+    expected = (ref + bias.view(1, -1, 1, 1)) * math.sqrt(2)
     conv.impl = impl
     out = conv(x, styles, bias=bias, gain=math.sqrt(2))
-    torch.testing.assert_close(out, (ref + bias.view(1, -1, 1, 1)) * math.sqrt(2))
+    torch.testing.assert_close(out, expected)
+    # Autograd off: in-place epilogues, and the input may be consumed (scaled in place).
+    with torch.no_grad():
+        out = conv(x.clone(), styles, bias=bias, gain=math.sqrt(2), consume_input=True)
+        torch.testing.assert_close(out, expected)
+        kept = x.clone()
+        conv(x, styles, bias=bias, gain=math.sqrt(2))
+        assert torch.equal(x, kept)  # not consumed unless asked
 
 
 def test_modulated_conv_rejects_w_instead_of_styles() -> None:

@@ -30,7 +30,7 @@ DEMOD_EPS = 1e-8  # Eq. 3's epsilon
 PIXELNORM_EPS = 1e-8
 STDDEV_EPS = 1e-8
 
-MODCONV_IMPLS = ("auto", "reference", "grouped", "activation")
+MODCONV_IMPLS = ("auto", "reference", "weight", "activation")
 
 
 def base_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict[int, int]:
@@ -208,10 +208,11 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias * self.lr_mul
+        # x @ (W * scale).T == (x * scale) @ W.T: scaling the input avoids copying W each call.
         if self.activation:
             # The bias enters before the activation (forgetting lr_mul here is a classic bug).
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
-        return F.linear(x, self.weight * self.scale, bias)
+            return fused_leaky_relu(F.linear(x * self.scale, self.weight), bias)
+        return F.linear(x * self.scale, self.weight, bias)
 
     def extra_repr(self) -> str:
         out_dim, in_dim = self.weight.shape
@@ -231,7 +232,9 @@ class EqualConv2d(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        # Stored channels_last (what the CPU conv wants): the state_dict holds the same values.
+        weight = torch.randn(out_channels, in_channels, kernel_size, kernel_size)
+        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last))
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.stride = stride
         self.padding = padding
@@ -327,6 +330,17 @@ def modulated_conv2d_reference(
     return out.reshape(b, out_c, h, w)
 
 
+def _conv_ready_weight(out_c: int, in_c: int, k: int, transposed: bool) -> Tensor:
+    """N(0, 1) weight [1, out, in, k, k] laid out so the CPU conv reads it without a copy:
+    weight[0] channels_last for a conv, weight[0].transpose(0, 1) channels_last for a
+    transposed conv. Only the memory order differs; the state_dict holds the same values."""
+    if k == 1:
+        return torch.randn(1, out_c, in_c, k, k)
+    if transposed:
+        return torch.randn(1, in_c, k, k, out_c).permute(0, 4, 1, 2, 3)
+    return torch.randn(1, out_c, k, k, in_c).permute(0, 1, 4, 2, 3)
+
+
 class ModulatedConv2d(nn.Module):
     """Modulated (and optionally demodulated, up-sampling) conv; keys `weight` [1,out,in,k,k],
     `modulation.*` (the affine A: w -> s, bias init 1) and `blur.kernel` when upsampling.
@@ -334,12 +348,17 @@ class ModulatedConv2d(nn.Module):
     `forward(x, styles)` takes the style s = modulation(w) [B, in], not w, so callers can feed
     styles computed by another generator's affines (style-space mixing).
 
-    Implementations (`impl`): "reference" is upstream's math verbatim; "grouped" builds
-    per-sample weights and runs one grouped conv (groups = B) in the (H, W, B, C) layout, with
-    bias folded into the conv; "activation" scales the activations by s, runs one shared conv
-    and applies the demodulation to the output (cheaper where the activations are smaller than
-    the per-sample weights, and a plain conv is faster than a grouped one). "auto" picks per
-    call. All give the same result up to float rounding.
+    Implementations (`impl`), equal up to float rounding:
+    * "reference": upstream's math verbatim (`modulated_conv2d_reference`).
+    * "weight": per-sample weights (Eq. 1 and 3 applied to W). Batch 1 runs a plain conv with
+      the bias folded in; a larger batch runs one grouped conv (groups = B) over a
+      [1, B*C, H, W] channels_last regrouping of the activations.
+    * "activation": conv(x, s * W) * d = conv(x * s, W) * d: scale the input channels, run one
+      conv shared by the batch (the fastest conv there is), then scale the output channels by
+      the demodulation d. No per-sample weights at all.
+    * "auto" (default): per-sample weights for 1x1 layers (tiny) and for batch 1 wherever the
+      weights are smaller than the activations; the activation form otherwise (a plain conv
+      beats a grouped one, and grouped transposed convs leave channels_last on CPU).
     """
 
     def __init__(
@@ -361,8 +380,9 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.impl = "auto"
         self.weight = nn.Parameter(
-            torch.randn(1, out_channels, in_channels, kernel_size, kernel_size)
+            _conv_ready_weight(out_channels, in_channels, kernel_size, transposed=upsample)
         )
+        self._w_sq_cache: tuple[tuple, Tensor] | None = None
         if upsample:
             factor = 2
             p = (len(blur_kernel) - factor) - (kernel_size - 1)
@@ -378,19 +398,27 @@ class ModulatedConv2d(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, styles: Tensor, bias: Tensor | None = None, gain: float = 1.0
+        self,
+        x: Tensor,
+        styles: Tensor,
+        bias: Tensor | None = None,
+        gain: float = 1.0,
+        consume_input: bool = False,
     ) -> Tensor:
-        """gain * (modulated_conv(x, styles) + bias); `bias` [out] is optional (callers fold the
-        following layer's bias and positive gain in here, where it costs nothing)."""
+        """gain * (modulated_conv(x, styles) + bias).
+
+        `bias` [out] is optional: callers fold the following layer's bias and positive gain in
+        here, where it costs nothing. `consume_input=True` lets the layer overwrite `x` (the
+        activation form scales it in place) when autograd is off; the caller promises that
+        nothing reads `x` afterwards.
+        """
         batch = x.shape[0]
         if styles.shape != (batch, self.in_channel):
             raise ValueError(
                 f"ModulatedConv2d: styles must be [{batch}, {self.in_channel}] "
                 f"(the modulation output for this layer), got {list(styles.shape)}"
             )
-        impl = self.impl
-        if impl == "auto":
-            impl = self._choose_impl(x)
+        impl = self.impl if self.impl != "auto" else self._choose_impl(x)
         if impl == "reference":
             out = modulated_conv2d_reference(
                 x, self.weight, styles, self.demodulate, self.upsample,
@@ -399,28 +427,38 @@ class ModulatedConv2d(nn.Module):
             if bias is not None:
                 out = out + bias.view(1, -1, 1, 1)
             return out * gain if gain != 1.0 else out
-        if impl == "grouped":
-            return self._forward_grouped(x, styles, bias, gain)
+        if impl == "weight":
+            return self._forward_weight(x, styles, bias, gain)
         if impl == "activation":
-            return self._forward_activation(x, styles, bias, gain)
+            in_place = consume_input and not torch.is_grad_enabled()
+            return self._forward_activation(x, styles, bias, gain, in_place)
         raise ValueError(f"ModulatedConv2d.impl must be one of {MODCONV_IMPLS}, got {impl!r}")
 
     def _choose_impl(self, x: Tensor) -> str:
         b, _, h, w = x.shape
-        # Scaling activations costs one pass over B*in*H*W values; per-sample weights cost
-        # B*out*in*k*k values plus a grouped conv. 1x1 layers always take per-sample weights.
-        if b > 1 and self.kernel_size > 1 and h * w < self.out_channel * self.kernel_size**2:
-            return "activation"
-        return "grouped"
+        if self.kernel_size == 1:
+            return "weight"
+        if b == 1 and h * w >= self.out_channel * self.kernel_size**2:
+            return "weight"  # the [out, in, k, k] weights are smaller than x: modulate them
+        return "activation"
+
+    def _weight_sq_sum(self) -> Tensor:
+        """sum_{kh,kw} W^2, [out, in]; cached while autograd is off and W is unchanged."""
+        w = self.weight
+        if torch.is_grad_enabled() or w.is_inference():
+            return w[0].square().sum((2, 3))
+        key = (id(w), w.data_ptr(), w._version, w.dtype, w.device)
+        if self._w_sq_cache is None or self._w_sq_cache[0] != key:
+            self._w_sq_cache = (key, w[0].square().sum((2, 3)))
+        return self._w_sq_cache[1]
 
     def _demodulation(self, styles: Tensor) -> Tensor:
         """Eq. 3's 1/sigma_o for each sample, [B, out], without forming per-sample weights:
         sum_{i,kh,kw} (scale * s_i * W_oi..)^2 = scale^2 * sum_i s_i^2 * sum_{kh,kw} W_oi..^2."""
-        w_sq = self.weight[0].square().sum((2, 3))  # [out, in]
-        sigma_sq = (styles.square() * self.scale**2) @ w_sq.t()
+        sigma_sq = (styles.square() * self.scale**2) @ self._weight_sq_sum().t()
         return torch.rsqrt(sigma_sq + DEMOD_EPS)
 
-    def _forward_grouped(
+    def _forward_weight(
         self, x: Tensor, styles: Tensor, bias: Tensor | None, gain: float
     ) -> Tensor:
         b = x.shape[0]
@@ -431,18 +469,22 @@ class ModulatedConv2d(nn.Module):
         else:
             coef = coef.unsqueeze(1)  # [B, 1, in]
         if k == 1 and not self.upsample:
-            # 1x1 (ToRGB): a batched matmul over pixels reads either layout without copying.
+            # 1x1 (ToRGB): a batched matmul over the pixels of the channels_last activations.
             wgt = self.weight[0, :, :, 0, 0] * coef  # [B, out, in]
             h, w = x.shape[2:]
-            pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, in_c)
+            pixels = x.contiguous(memory_format=torch.channels_last)
+            pixels = pixels.permute(0, 2, 3, 1).reshape(b, h * w, in_c)
             if bias is None:
                 out = torch.bmm(pixels, wgt.transpose(1, 2))  # [B, HW, out]
             else:
                 out = torch.baddbmm((bias * gain).view(1, 1, -1), pixels, wgt.transpose(1, 2))
-            return out.view(b, h, w, out_c).permute(0, 3, 1, 2)
-        bias_bc = None if bias is None else (bias * gain).repeat(b)
+            return out.view(b, h, w, out_c).permute(0, 3, 1, 2)  # channels_last [B, out, H, W]
         wgt = self.weight * coef.view(b, -1, in_c, 1, 1)  # [B, out, in, k, k]
-        xg = _to_grouped(x)
+        bias_bc = None if bias is None else (bias * gain).repeat(b)
+        if b == 1:
+            xg = x.contiguous(memory_format=torch.channels_last)
+        else:
+            xg = _to_grouped(x)
         if self.upsample:
             wgt = wgt.transpose(1, 2).reshape(b * in_c, out_c, k, k)
             out = F.conv_transpose2d(xg, wgt, stride=2, groups=b)
@@ -450,28 +492,52 @@ class ModulatedConv2d(nn.Module):
         else:
             wgt = wgt.reshape(b * out_c, in_c, k, k)
             out = F.conv2d(xg, wgt, bias_bc, padding=self.padding, groups=b)
-        return _from_grouped(out, b)
+        if b == 1:
+            return out
+        return _from_grouped(out, b).contiguous(memory_format=torch.channels_last)
 
     def _forward_activation(
-        self, x: Tensor, styles: Tensor, bias: Tensor | None, gain: float
+        self, x: Tensor, styles: Tensor, bias: Tensor | None, gain: float, in_place: bool
     ) -> Tensor:
         b = x.shape[0]
-        # conv(x, scale * W * s) = conv(x * (scale * s), W): modulate the input channels instead.
-        xs = x * (styles * self.scale).view(b, -1, 1, 1)
+        # conv(x, scale * s * W) = conv(x * (scale * s), W): modulate the input channels.
+        modulation = (styles * self.scale).view(b, -1, 1, 1)
+        xs = x.mul_(modulation) if in_place else x * modulation
         xs = xs.contiguous(memory_format=torch.channels_last)
+        # Demodulation scales each output channel of each sample (it commutes with the blur).
+        if self.demodulate:
+            out_scale = (self._demodulation(styles) * gain).view(b, -1, 1, 1)
+        else:
+            out_scale = styles.new_full((b, 1, 1, 1), gain)
+        bias = None if bias is None else bias * gain
+        # Below, in-place epilogues on fresh conv outputs when autograd is off; out-of-place
+        # (autograd-safe) forms otherwise.
+        grad = torch.is_grad_enabled()
         wgt = self.weight[0]
         if self.upsample:
             out = F.conv_transpose2d(xs, wgt.transpose(0, 1), stride=2)
-            out = upfirdn2d(out, self.blur.kernel, pad=self.blur.pad)
-        else:
-            out = F.conv2d(xs, wgt, padding=self.padding)
-        # Demodulation scales each output channel of each sample; it commutes with the blur.
-        scale = (
-            self._demodulation(styles) * gain if self.demodulate else styles.new_full((b, 1), gain)
-        )
+            out = out * out_scale if grad else out.mul_(out_scale)
+            return upfirdn2d(out, self.blur.kernel, pad=self.blur.pad, bias=bias)
+        out = F.conv2d(xs, wgt, padding=self.padding)
         if bias is None:
-            return out * scale.view(b, -1, 1, 1)
-        return torch.addcmul((bias * gain).view(1, -1, 1, 1), out, scale.view(b, -1, 1, 1))
+            return out * out_scale if grad else out.mul_(out_scale)
+        bias = bias.view(1, -1, 1, 1)
+        if grad:
+            return torch.addcmul(bias, out, out_scale)
+        return torch.addcmul(bias, out, out_scale, out=out)
+
+
+def _add_noise_(out: Tensor, noise: Tensor, strength: Tensor) -> Tensor:
+    """out += strength * noise in place; noise [1|B, 1, H, W] broadcast over channels."""
+    b, c, h, w = out.shape
+    if c > 1 and out.is_contiguous(memory_format=torch.channels_last):
+        # As a rank-1 update per sample, [HW, 1] @ [1, C], a GEMM streams `out` once; a
+        # broadcast along the innermost (channel) dimension vectorises poorly.
+        rows = out.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        cols = noise.reshape(noise.shape[0], h * w, 1).expand(b, h * w, 1)
+        rows.baddbmm_(cols, strength.view(1, 1, 1).expand(b, 1, c))
+        return out
+    return out.addcmul_(noise, strength)
 
 
 class NoiseInjection(nn.Module):
@@ -500,7 +566,7 @@ class ConstantInput(nn.Module):
         """The input for `batch` samples (an int, or a tensor whose first dim is the batch)."""
         if isinstance(batch, Tensor):
             batch = batch.shape[0]
-        return self.input.expand(batch, -1, -1, -1)
+        return self.input.repeat(batch, 1, 1, 1)
 
 
 class StyledConv(nn.Module):
@@ -524,19 +590,26 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channels)
 
-    def forward(self, x: Tensor, styles: Tensor, noise: Tensor | None = None) -> Tensor:
-        """x [B, in, H, W], styles s [B, in] (not w), noise [1|B, 1, H', W'] or None (random)."""
+    def forward(
+        self,
+        x: Tensor,
+        styles: Tensor,
+        noise: Tensor | None = None,
+        consume_input: bool = False,
+    ) -> Tensor:
+        """x [B, in, H, W], styles s [B, in] (not w), noise [1|B, 1, H', W'] or None (random).
+        `consume_input`: see ModulatedConv2d.forward."""
         if self.conv.impl == "reference":
             out = self.conv(x, styles)
             out = self.noise(out, noise)
             return self.activate(out)
         # leaky_relu(a) * sqrt(2) == leaky_relu(sqrt(2) * a): the gain and the activation bias go
         # into the conv's linear part; noise and activation then run in place (no new tensors).
-        out = self.conv(x, styles, bias=self.activate.bias, gain=SQRT2)
+        out = self.conv(x, styles, bias=self.activate.bias, gain=SQRT2, consume_input=consume_input)
         if noise is None:
             b, _, h, w = out.shape
             noise = out.new_empty(b, 1, h, w).normal_()
-        out = out.addcmul_(noise.to(out.dtype), self.noise.weight * SQRT2)
+        out = _add_noise_(out, noise.to(out.dtype), self.noise.weight * SQRT2)
         return F.leaky_relu_(out, LEAKY_SLOPE)
 
 
@@ -703,6 +776,8 @@ class Generator(nn.Module):
 
         noise: one map per StyledConv (`num_layers` entries; None entries draw fresh noise);
         when omitted, the stored `noises.noise_*` buffers, or fresh noise if `randomize_noise`.
+        With autograd off, a layer may overwrite its input activation once it has been used:
+        forward hooks that keep a StyledConv's output must clone it.
         """
         n_styles = 3 * len(self.to_rgbs) + 2
         if len(styles) != n_styles:
@@ -722,11 +797,13 @@ class Generator(nn.Module):
         batch = styles[0].shape[0]
         style_iter = iter(styles)
         out = self.input(batch)
-        out = self.conv1(out, next(style_iter), noise[0])
+        # Each activation is read by the next conv only (ToRGB runs first), so the convs may
+        # reuse their input's memory when autograd is off.
+        out = self.conv1(out, next(style_iter), noise[0], consume_input=True)
         skip = self.to_rgb1(out, next(style_iter))
         for j in range(len(self.to_rgbs)):
-            out = self.convs[2 * j](out, next(style_iter), noise[2 * j + 1])
-            out = self.convs[2 * j + 1](out, next(style_iter), noise[2 * j + 2])
+            out = self.convs[2 * j](out, next(style_iter), noise[2 * j + 1], consume_input=True)
+            out = self.convs[2 * j + 1](out, next(style_iter), noise[2 * j + 2], consume_input=True)
             skip = self.to_rgbs[j](out, next(style_iter), skip)
         return skip.contiguous()
 
