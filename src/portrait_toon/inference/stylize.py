@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_OVERLAP = 64
+# Above this many pixels an untiled run gets a hint about tiling (memory grows with the image).
+LARGE_UNTILED_PIXELS = 12_000_000
 _DEFAULT_PAD_MULTIPLE = 32
 
 
@@ -116,6 +118,14 @@ def stylize_tensor(
         raise ValueError(f"overlap={overlap} must be >= 0")
     multiple = int(getattr(net, "pad_multiple", _DEFAULT_PAD_MULTIPLE))
     height, width = x.shape[-2:]
+    if tile is None and height * width > LARGE_UNTILED_PIXELS:
+        logger.info(
+            "%dx%d (%.0f MP) in one pass: the default U-Net needs about 0.35 GB per megapixel "
+            "on CPU; pass tile=1024 to bound memory (about 1 GB at any size)",
+            width,
+            height,
+            height * width / 1e6,
+        )
     padded, (top, left) = _pad_to_multiple(x, multiple)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()

@@ -1,0 +1,137 @@
+"""Latency of `stylize_image` (fp32, CPU, 2 threads) with F's default U-Net at 256^2, 512^2 and
+1024^2, and at 4K (3840x2160) untiled and tiled with the peak RSS of each 4K run; prints JSON.
+
+Each 4K run happens in its own subprocess so its peak RSS is not mixed with the other runs'.
+The AnimeGANv2 generator at 512^2 is timed in the same run as the reference BENCHMARKS.md uses
+(F must take at most half its time). 4K runs use 3 timed runs instead of 5 (one is ~20 s).
+Usage: python benchmarks/stylize.py [--skip-4k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import (
+    bench_forward,
+    count_flops,
+    emit,
+    measure_peaks,
+    peak_rss_mib,
+    setup,
+    time_median,
+)
+
+from portrait_toon.inference.stylize import stylize_image
+from portrait_toon.nets.animegan import Generator as AnimeGANGenerator
+from portrait_toon.nets.unet import UNet
+
+SQUARE_SIDES = (256, 512, 1024)
+FOUR_K = (2160, 3840)  # H, W
+FOUR_K_TILES = (None, 1024, 512)
+OVERLAP = 64
+FOUR_K_RUNS = 3
+
+
+def random_image(height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def process_peak_rss_mib() -> float:
+    """Peak RSS of this process image, MiB. Linux's VmHWM restarts at exec, whereas getrusage's
+    ru_maxrss of a child starts at its parent's RSS at fork time (it survives the exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
+def four_k_child(tile: int | None) -> dict:
+    """One 4K measurement in this (fresh) process: latency, GFLOP, peak RSS."""
+    setup()
+    net = UNet().eval()
+    image = random_image(*FOUR_K)
+    rss_before = process_peak_rss_mib()
+
+    def run() -> np.ndarray:
+        return stylize_image(net, image, tile=tile, overlap=OVERLAP)
+
+    seconds = time_median(run, runs=FOUR_K_RUNS)
+    with torch.inference_mode():
+        flops = count_flops(run)
+    return {
+        "name": f"F stylize_image 3840x2160 {f'tile={tile}' if tile else 'untiled'}",
+        "tile": tile,
+        "gflop": flops / 1e9,
+        "ms": seconds * 1e3,
+        "peak_rss_mib": process_peak_rss_mib(),
+        "rss_before_run_mib": rss_before,
+        "overlap": OVERLAP,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-4k", action="store_true", help="only the square sizes")
+    parser.add_argument("--child-tile", help=argparse.SUPPRESS)  # internal: one 4K run
+    args = parser.parse_args()
+    if args.child_tile is not None:
+        tile = None if args.child_tile == "None" else int(args.child_tile)
+        print(json.dumps(four_k_child(tile)))
+        return
+
+    setup()
+    peaks = measure_peaks()
+    conv_peak = peaks["conv_gflops"]
+    net = UNet().eval()
+    results = []
+    for side in SQUARE_SIDES:
+        image = random_image(side, side)
+        name = f"F stylize_image {side}x{side}"
+        results.append(
+            bench_forward(name, lambda image=image: stylize_image(net, image), conv_peak)
+        )
+    reference = AnimeGANGenerator().eval()
+    x512 = torch.rand(1, 3, 512, 512) * 2 - 1
+    animegan = bench_forward("AnimeGANv2 generator 512x512", lambda: reference(x512), conv_peak)
+    f512 = next(r for r in results if r["name"].endswith("512x512"))
+
+    four_k = []
+    if not args.skip_4k:
+        for tile in FOUR_K_TILES:
+            command = [sys.executable, str(Path(__file__).resolve()), "--child-tile", str(tile)]
+            child = subprocess.run(
+                command,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            measured = json.loads(child.stdout.strip().splitlines()[-1])
+            measured["gflops"] = measured["gflop"] / (measured["ms"] / 1e3)
+            measured["pct_conv_peak"] = 100.0 * measured["gflops"] / conv_peak
+            four_k.append(measured)
+
+    emit(
+        {
+            "benchmark": "stylize",
+            "peaks": peaks,
+            "f_config": "UNet() defaults",
+            "f_params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+            "results": results,
+            "reference_animegan_512": animegan,
+            "f_over_animegan_time_512": f512["ms"] / animegan["ms"],
+            "four_k": four_k,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
