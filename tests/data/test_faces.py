@@ -150,8 +150,9 @@ def test_embedded_world_gives_distinct_seeded_character_close_ups() -> None:
     skin = torch.tensor([255.0, 224.0, 206.0]).view(1, 3, 1, 1)
     is_skin = ((faces.float() - skin).abs().amax(1) < 40).float()
     centre = is_skin[:, 8:24, 8:24].mean((1, 2))
-    assert (centre > 0.3).all(), centre
-    assert (centre > 2 * is_skin.mean((1, 2))).all()  # far more skin in the centre than overall
+    assert (centre > 0.2).all(), centre
+    # far more skin in the centre than overall (hair, clothes and background around it)
+    assert (centre > 1.4 * is_skin.mean((1, 2))).all()
 
 
 def test_datamodule_without_folder_uses_the_embedded_world() -> None:

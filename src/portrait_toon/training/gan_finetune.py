@@ -310,7 +310,6 @@ class StyleGANFinetuneModule(pl.LightningModule):
         self, init_ckpt: str | None, weights_dir: str | None, allow_random_init: bool
     ) -> None:
         self._g_ema_state: dict[str, Tensor] | None = None
-        self.start_latent_avg: Tensor | None = None
         if init_ckpt is None:
             if not allow_random_init:
                 raise ValueError(
@@ -352,7 +351,6 @@ class StyleGANFinetuneModule(pl.LightningModule):
             )
         else:
             log.warning("%s has no discriminator ('d'): D starts from a random init", path)
-        self.start_latent_avg = parts["latent_avg"]
         log.info("fine-tuning starts from %s", path)
 
     def _fresh_g_ema(self) -> nn.Module:
