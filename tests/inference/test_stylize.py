@@ -188,6 +188,9 @@ def test_training_exports_and_our_files_are_one_format(tmp_path: Path, net: UNet
         torch.testing.assert_close(ours(x), net(x), rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+@pytest.mark.filterwarnings("ignore:.*treespec")
+@pytest.mark.filterwarnings("ignore:Found .* in eval mode")  # the EMA copy, by design
 def test_lightning_checkpoint_of_the_training_module_loads_ema(tmp_path: Path) -> None:
     import pytorch_lightning as pl
 
