@@ -584,3 +584,30 @@ def test_blur_kernels_are_buffers() -> None:
     torch.testing.assert_close(g.state_dict()["to_rgbs.0.upsample.kernel"], k * 4)
     torch.testing.assert_close(d.state_dict()["convs.1.conv2.0.kernel"], k)
     assert k.sum() == 1 and k[0, 0] == 1 / 64
+
+
+def test_weight_changes_invalidate_cached_demodulation(tiny: Generator, tmp_path) -> None:
+    # With autograd off, sum(W^2) per layer is cached; in-place edits, load_state_dict and a
+    # save/load round trip of the (channels_last-ordered) weights must all be seen.
+    torch.manual_seed(15)
+    z = torch.randn(2, 64)
+    g = Generator(**TINY).eval()
+    g.load_state_dict(tiny.state_dict())
+    with torch.no_grad():
+        before, _ = g([z], randomize_noise=False)
+        g.convs[3].conv.weight.mul_(3.0)  # demodulation cancels a uniform scale ...
+        g.convs[3].conv.weight[0, :, :2].mul_(-2.0)  # ... but not a change of shape
+        edited, _ = g([z], randomize_noise=False)
+        g.set_modconv_impl("reference")
+        edited_ref, _ = g([z], randomize_noise=False)
+        g.set_modconv_impl("auto")
+    assert (edited - before).abs().max() > 1e-3
+    torch.testing.assert_close(edited, edited_ref, atol=1e-5, rtol=1e-5)
+
+    torch.save(tiny.state_dict(), tmp_path / "g.pt")
+    g.load_state_dict(torch.load(tmp_path / "g.pt", weights_only=True))
+    with torch.no_grad():
+        restored, _ = g([z], randomize_noise=False)
+    torch.testing.assert_close(restored, before, atol=0, rtol=0)
+    for key, value in g.state_dict().items():
+        assert torch.equal(value, tiny.state_dict()[key]), key
