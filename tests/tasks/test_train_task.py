@@ -52,9 +52,14 @@ def record_indices(monkeypatch) -> IndexRecorder:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One debug=tiny run with the CSV logger, shared by the tests that inspect its folder."""
+    """One debug=tiny run with W&B (offline: no API key here) and CSV loggers, shared by the
+    tests that inspect its folder."""
     output_dir = tmp_path_factory.mktemp("tiny_run")
-    metrics = train_task.train(compose(output_dir, "logger=csv"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("WANDB_MODE", raising=False)
+        patch.delenv("WANDB_API_KEY", raising=False)
+        patch.setenv("NETRC", str(output_dir / "no_netrc"))
+        metrics = train_task.train(compose(output_dir, "logger=many"))
     return output_dir, metrics
 
 
@@ -86,9 +91,10 @@ def test_checkpoint_holds_the_data_stream_position(tiny_run):
 def test_resume_continues_the_step_count_and_the_pair_stream(tiny_run, tmp_path, monkeypatch):
     output_dir, _ = tiny_run
     recorder = record_indices(monkeypatch)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose(
         tmp_path,
-        "logger=none",
+        "logger=wandb",
         f"ckpt_path={output_dir}",  # a run folder: its checkpoints/last.ckpt
         "trainer.max_steps=6",
         "evaluate.enabled=false",
@@ -98,32 +104,34 @@ def test_resume_continues_the_step_count_and_the_pair_stream(tiny_run, tmp_path,
     assert recorder.indices == [[8, 9], [10, 11]]  # steps 5 and 6: the next unseen pairs
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 6
+    # the resumed job logs into the same W&B run
+    run_id = (output_dir / train_task.WANDB_RUN_ID_FILE).read_text()
+    assert (tmp_path / train_task.WANDB_RUN_ID_FILE).read_text() == run_id
 
 
-def test_wandb_runs_offline_and_every_job_finishes_its_run(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    assert train_task.wandb_offline_reason() is not None
-    overrides = ["logger=wandb", "evaluate.enabled=false", "evaluate.export=false"]
-    train_task.train(compose(tmp_path / "a", *overrides))
+def test_wandb_runs_offline_and_is_finished(tiny_run):
     import wandb
 
-    assert wandb.run is None  # finished: a next job cannot log into it
-    run_id = (tmp_path / "a" / train_task.WANDB_RUN_ID_FILE).read_text()
-    assert list((tmp_path / "a" / "wandb").glob(f"offline-run-*-{run_id}"))
+    output_dir, _ = tiny_run
+    assert wandb.run is None  # finished: the next job of a sweep cannot log into it
+    run_id = (output_dir / train_task.WANDB_RUN_ID_FILE).read_text()
+    assert list((output_dir / "wandb").glob(f"offline-run-*-{run_id}"))
 
-    # a job that fails mid-training still finishes its run
+
+def test_a_failing_job_still_finishes_its_wandb_run(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr("pytorch_lightning.Trainer.fit", explode)
+    cfg = compose(tmp_path, "logger=wandb", "evaluate.enabled=false", "evaluate.export=false")
     with pytest.raises(RuntimeError, match="boom"):
-        train_task.train(compose(tmp_path / "b", *overrides))
-    assert wandb.run is None
-    second_id = (tmp_path / "b" / train_task.WANDB_RUN_ID_FILE).read_text()
-    assert second_id != run_id
+        train_task.train(cfg)
+    assert (tmp_path / train_task.WANDB_RUN_ID_FILE).is_file()  # a run was started ...
+    assert wandb.run is None  # ... and finished
 
 
 def test_wandb_offline_decision(tmp_path, monkeypatch):
@@ -138,3 +146,42 @@ def test_wandb_offline_decision(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_MODE", "online")  # an explicit choice is kept
     assert train_task.wandb_offline_reason() is None
+
+
+def test_training_from_shards_written_by_synthesize(tmp_path):
+    from portrait_toon.tasks.synthesize import synthesize
+
+    pairs_dir = tmp_path / "pairs"
+    cfg = config.compose_config(
+        "synthesize", ["debug=tiny", f"out_dir={pairs_dir}", "device=cpu"], tmp_path / "synth"
+    )
+    config.apply_set_if_present(cfg)
+    synthesize(cfg)  # 6 pairs at 32 px
+    cfg = compose(
+        tmp_path / "train",
+        "data=shards",
+        f"data.root={pairs_dir}",
+        "logger=none",
+        "trainer.max_steps=3",
+        "evaluate.enabled=false",
+        "evaluate.export=false",
+    )
+    train_task.train(cfg)
+    checkpoint = torch.load(tmp_path / "train" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["ShardsDataModule"] == {"next_position": 6}
+
+
+def test_evaluate_task_reproduces_the_training_runs_metrics(tiny_run, tmp_path):
+    from portrait_toon.tasks.evaluate import evaluate
+
+    output_dir, train_metrics = tiny_run
+    cfg = config.compose_config(
+        "evaluate", ["debug=tiny", f"ckpt_path={output_dir}", "device=cpu"], tmp_path
+    )
+    metrics = evaluate(cfg)  # loads <run>/stylizer.pt, same held-out pairs
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "demo_report.png").is_file()
+    assert metrics["steps"] == 4
+    for key in ("l1_output_target", "l1_input_target", "skin_delta_e00_mean"):
+        assert metrics[key] == pytest.approx(train_metrics[key], rel=1e-4)

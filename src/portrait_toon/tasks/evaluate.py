@@ -179,7 +179,10 @@ def _checkpoint_step(path: str) -> int:
         content = load_state_dict_file(path)
     except Exception:  # noqa: BLE001 - only for the report; loading itself already succeeded
         return 0
-    if "global_step" in content:
+    if "global_step" in content:  # Lightning checkpoint
         return int(content["global_step"])
-    metadata = content.get("metadata") or {}
-    return int(metadata.get("global_step", 0)) if isinstance(metadata, dict) else 0
+    for key in ("meta", "metadata"):  # stylizer/generator export files
+        metadata = content.get(key)
+        if isinstance(metadata, dict) and "global_step" in metadata:
+            return int(metadata["global_step"])
+    return 0

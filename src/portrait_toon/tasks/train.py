@@ -203,6 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _record_wandb_run(loggers, cfg, output_dir)
         info("output folder: %s", output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        save_final_checkpoint(trainer)
 
         metrics: dict[str, Any] = {}
         if trainer.is_global_zero and not trainer.interrupted:
@@ -212,6 +213,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         # always: a sweep's next job must not log into this job's W&B run
         finish_wandb(exit_code)
+
+
+def save_final_checkpoint(trainer: pl.Trainer) -> Path | None:
+    """Make `last.ckpt` the state at the end of training (all ranks call this: it syncs).
+
+    ModelCheckpoint writes last.ckpt every N steps, and at the end only if it never wrote one,
+    so a run whose max_steps is not a multiple of N would end with an older last.ckpt.
+    """
+    callback = trainer.checkpoint_callback
+    if (
+        callback is None
+        or not callback.save_last
+        or trainer.fast_dev_run
+        or callback.dirpath is None
+    ):
+        return None
+    path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if getattr(callback, "_last_global_step_saved", None) == trainer.global_step and path.exists():
+        return path
+    trainer.save_checkpoint(path)
+    info("final checkpoint (step %d): %s", trainer.global_step, path)
+    return path
 
 
 def finish_training(
