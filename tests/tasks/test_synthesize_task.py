@@ -107,7 +107,15 @@ def test_preview_writes_one_grid_per_stage(compose, tmp_path):
     assert not np.array_equal(pair[:, :32], pair[:, 34:])  # source and target differ
 
 
-@pytest.mark.parametrize("name,match", [("character", "not available yet"), ("bogus", "unknown")])
-def test_unsupported_tasks_say_so(compose, name, match):
+def test_unknown_task_is_named(compose):
+    with pytest.raises(config.ConfigError, match="task='bogus' is unknown"):
+        task.synthesize(compose("task=bogus"))
+
+
+def test_character_task_says_what_it_needs(compose):
+    import importlib.util
+
+    available = importlib.util.find_spec("portrait_toon.tasks.character") is not None
+    match = r"\+character=default" if available else "not available"
     with pytest.raises(config.ConfigError, match=match):
-        task.synthesize(compose(f"task={name}"))
+        task.synthesize(compose("task=character"))

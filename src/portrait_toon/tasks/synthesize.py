@@ -126,12 +126,25 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     if task == "preview":
         return write_preview(cfg)
     if task == "character":
+        return _character(cfg)
+    raise config.ConfigError(f"task={task!r} is unknown; choose one of: shards, preview, character")
+
+
+def _character(cfg: DictConfig) -> dict[str, Any]:
+    """task=character: project the character faces into G_t (tasks/character.py)."""
+    try:
+        from portrait_toon.tasks.character import project_character
+    except ImportError as error:
         raise config.ConfigError(
             "task=character (projecting the character images into G_t to form w_c) is not "
-            "available yet: it comes with the real-network support. Use task=shards or "
-            "task=preview."
+            f"available in this installation ({error}). Use task=shards or task=preview."
+        ) from error
+    if "character" not in cfg:
+        raise config.ConfigError(
+            "task=character needs the `character` config group: add `+character=default` "
+            "(see conf/character/default.yaml)"
         )
-    raise config.ConfigError(f"task={task!r} is unknown; choose one of: shards, preview, character")
+    return project_character(cfg)
 
 
 def write_shards(cfg: DictConfig) -> dict[str, Any]:

@@ -197,8 +197,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model = build_model(cfg)
         loggers = build_loggers(cfg, ckpt_path)
         callbacks = build_callbacks(cfg, have_logger=bool(loggers))
+        extra: dict[str, Any] = {}
+        if getattr(datamodule, "val_size", None) == 0:
+            extra["limit_val_batches"] = 0  # no validation set: no empty validation loop
         trainer: pl.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False
+            cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False, **extra
         )
         _record_wandb_run(loggers, cfg, output_dir)
         info("output folder: %s", output_dir)
