@@ -84,7 +84,7 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
             if reason:
                 os.environ["WANDB_MODE"] = "offline"
                 info(
-                    "W&B runs offline: %s. Upload later with `wandb sync %s`.",
+                    "W&B runs offline: %s. Upload later: `wandb sync %s/wandb/offline-run-*`",
                     reason,
                     cfg.paths.output_dir,
                 )
@@ -105,16 +105,25 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
 
 
 def _sweep_group() -> str | None:
-    """Jobs of one Hydra multirun share a W&B group (the sweep folder's name)."""
+    """Jobs of one Hydra multirun share a W&B group (the sweep folder's name).
+
+    A job belongs to a sweep when Hydra runs it in multirun mode (in-process launchers,
+    submitit) or when its folder lies inside `hydra.sweep.dir`: hydra/launcher=process starts
+    each job as a plain single run with its sweep folder passed along.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return Path(hydra_cfg.sweep.dir).name
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return sweep_dir.name
+    output_dir = hydra_cfg.runtime.output_dir
+    if output_dir and sweep_dir in Path(str(output_dir)).resolve().parents:
+        return sweep_dir.name
+    return None
 
 
 @rank_zero_only
@@ -244,17 +253,27 @@ def finish_training(
     cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer, output_dir: Path
 ) -> dict[str, Any]:
     """Rank zero, after fit: held-out evaluation, metrics.json, demo_report.png, export."""
-    from portrait_toon.tasks.evaluate import STYLIZER_FILE, evaluate_heldout, export_stylizer
+    from portrait_toon.tasks.evaluate import (
+        REPORT_FILE,
+        STYLIZER_FILE,
+        evaluate_heldout,
+        export_stylizer,
+    )
 
     metrics: dict[str, Any] = {}
     net = model.net_ema
     if cfg.evaluate.enabled:
         metrics = evaluate_heldout(cfg, net, output_dir, steps=int(trainer.global_step))
+        report = output_dir / REPORT_FILE
         for logger in trainer.loggers:
             logger.log_metrics(
                 {f"heldout/{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
                 step=int(trainer.global_step),
             )
+            if hasattr(logger, "log_image") and report.is_file():  # W&B: the report in the run
+                logger.log_image(
+                    key="heldout/demo_report", images=[str(report)], step=int(trainer.global_step)
+                )
     if cfg.evaluate.export:
         export_stylizer(model, output_dir / STYLIZER_FILE)
     return metrics
