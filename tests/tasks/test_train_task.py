@@ -148,6 +148,7 @@ def test_wandb_offline_decision(tmp_path, monkeypatch):
     assert train_task.wandb_offline_reason() is None
 
 
+@pytest.mark.slow  # synthesis + a training run (~10-40 s on 2 shared cores)
 def test_training_from_shards_written_by_synthesize(tmp_path):
     from portrait_toon.tasks.synthesize import synthesize
 
