@@ -75,7 +75,6 @@ def test_projection_lowers_the_loss_on_an_image_of_g_t(g_t):
     assert not any(p.requires_grad for p in generator.parameters())  # G_t untouched
 
 
-@pytest.mark.slow
 def test_projection_with_shift_tolerant_lpips(g_t):
     generator, latent_avg = g_t
     targets = image_of(generator, seed=3)
