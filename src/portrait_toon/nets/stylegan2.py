@@ -139,13 +139,10 @@ def upfirdn2d(
 
 
 # ------------------------------------------------------------------------------------------------
-# Activation-memory layouts.
-#
-# The weight-modulated path runs each modulated conv as ONE grouped conv (groups = batch) on a
-# [1, B*C, H, W] tensor in channels_last, i.e. memory ordered (H, W, B, C). A [B, C, H, W] tensor
-# can view that same memory with strides (C, 1, W*B*C, B*C), so consecutive layers pass plain
-# [B, C, H, W] tensors to each other (hooks, tests and users see the usual shape) and the
-# regrouping is free. Converting from any other layout costs one copy.
+# Activations live in channels_last [B, C, H, W] (what the CPU convs run fastest on). Only the
+# per-sample-weight form with a batch > 1 regroups them into [1, B*C, H, W] channels_last, i.e.
+# memory ordered (H, W, B, C), for one grouped conv (groups = B); a [B, C, H, W] tensor can view
+# that memory with strides (C, 1, W*B*C, B*C), so the regrouping costs one copy each way.
 # ------------------------------------------------------------------------------------------------
 
 
