@@ -1,0 +1,211 @@
+"""Resume end to end through the train task with `ckpt_path=last`: an interrupted run continues
+at the checkpointed step with the next unseen pairs and the same W&B run, and its losses from
+then on equal those of a run that was never interrupted; a job killed with SIGKILL loses at
+most the steps since its last checkpoint.
+
+`StepRecorder` is a test-only callback (loaded by dotted path in the subprocess test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from portrait_toon import config
+from portrait_toon.tasks import train as train_task
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class StepRecorder(pl.Callback):
+    """Per training step: the step number, the generator loss and the pair indices; kept in
+    `steps` and, with `path`, appended to a JSON-lines file (flushed: it survives a SIGKILL)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.steps: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        record = {
+            "step": int(trainer.global_step),
+            "loss": float(loss),
+            "index": [int(i) for i in batch["index"].tolist()],
+        }
+        self.steps.append(record)
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(record) + "\n")
+
+
+class CrashAfterStep(pl.Callback):
+    """Raises after training step `step` (a crash between two checkpoints)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash after step {self.step}")
+
+
+def add_callbacks(monkeypatch, *extra: pl.Callback) -> None:
+    build = train_task.build_callbacks
+    monkeypatch.setattr(
+        train_task, "build_callbacks", lambda cfg, have_logger: [*build(cfg, have_logger), *extra]
+    )
+
+
+def compose(output_dir: Path, *overrides: str):
+    return config.compose_config(
+        "train",
+        [
+            "debug=tiny",  # checkpoints every 2 steps, GAN (and D's steps) on from step 3
+            "trainer=cpu",
+            "trainer.max_steps=4",
+            "loss.perceptual.kind=none",  # VGG16 backward: most of a CPU step, beside the point
+            "evaluate.enabled=false",
+            "evaluate.export=false",
+            *overrides,
+        ],
+        output_dir,
+    )
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def test_interrupted_run_resumed_with_ckpt_path_last_matches_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # reference: 4 steps in one go
+    reference = StepRecorder()
+    with monkeypatch.context() as patch:
+        add_callbacks(patch, reference)
+        train_task.train(compose(tmp_path / "reference", "logger=none"))
+    assert [s["step"] for s in reference.steps] == [1, 2, 3, 4]
+
+    # the same run crashes after step 3; its last checkpoint is from step 2
+    run_dir = tmp_path / "run"
+    crashed = StepRecorder()
+    with monkeypatch.context() as patch:
+        add_callbacks(patch, crashed, CrashAfterStep(3))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_task.train(compose(run_dir, "logger=wandb"))
+    assert checkpoint(run_dir)["global_step"] == 2
+    assert [s["step"] for s in crashed.steps] == [1, 2, 3]
+    for got, want in zip(crashed.steps, reference.steps, strict=False):  # deterministic till then
+        assert got["index"] == want["index"] and got["loss"] == pytest.approx(want["loss"])
+    run_id = (run_dir / train_task.WANDB_RUN_ID_FILE).read_text()
+
+    # rerun in its folder with ckpt_path=last: steps 3 and 4 again, as if nothing happened
+    resumed = StepRecorder()
+    with monkeypatch.context() as patch:
+        add_callbacks(patch, resumed)
+        train_task.train(compose(run_dir, "logger=wandb", "ckpt_path=last"))
+    assert [s["step"] for s in resumed.steps] == [3, 4]
+    for got, want in zip(resumed.steps, reference.steps[2:], strict=True):
+        assert got["index"] == want["index"]  # same data stream position
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-7)  # same state
+    final, expected = checkpoint(run_dir), checkpoint(tmp_path / "reference")
+    assert final["global_step"] == 4
+    assert final["OnTheFlyDataModule"] == expected["OnTheFlyDataModule"] == {"next_position": 8}
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
+
+    # the same W&B run continued: its id kept, a second offline segment of that run
+    assert (run_dir / train_task.WANDB_RUN_ID_FILE).read_text() == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+
+
+def read_steps(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]  # skip a torn last line
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    every_n = 3
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def command(steps_file: str, *overrides: str) -> list[str]:
+        return [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "debug=tiny",
+            "trainer=cpu",
+            "logger=wandb",
+            "evaluate.enabled=false",
+            "evaluate.export=false",
+            f"callbacks.model_checkpoint.every_n_train_steps={every_n}",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.steps._target_=tests.test_resume.StepRecorder",
+            f"+callbacks.steps.path={run_dir / steps_file}",
+            *overrides,
+        ]
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    job = subprocess.Popen(
+        command("steps_killed.jsonl", "trainer.max_steps=1000"),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        # kill mid-way between two checkpoints, once two checkpoints exist
+        while len(read_steps(run_dir / "steps_killed.jsonl")) < 2 * every_n + 2:
+            assert job.poll() is None, job.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGKILL)  # the job and anything it started (W&B service)
+        job.wait()
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == -signal.SIGKILL
+
+    killed = read_steps(run_dir / "steps_killed.jsonl")
+    done = killed[-1]["step"]
+    saved = checkpoint(run_dir)["global_step"]
+    progress = f"killed after step {done}, last checkpoint at step {saved}"
+    assert saved % every_n == 0, progress
+    assert 0 <= done - saved <= every_n, progress  # lost at most the steps since the checkpoint
+    run_id = (run_dir / train_task.WANDB_RUN_ID_FILE).read_text()
+
+    resumed = subprocess.run(
+        command("steps_resumed.jsonl", "ckpt_path=last", f"trainer.max_steps={saved + 2}"),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = read_steps(run_dir / "steps_resumed.jsonl")
+    assert [s["step"] for s in steps] == [saved + 1, saved + 2], progress
+    by_step = {s["step"]: s for s in killed}
+    for step in steps:
+        if step["step"] in by_step:  # the killed job got there too: the same pairs and loss
+            assert step["index"] == by_step[step["step"]]["index"]
+            assert step["loss"] == pytest.approx(by_step[step["step"]]["loss"], rel=1e-5), progress
+    assert checkpoint(run_dir)["global_step"] == saved + 2
+    assert (run_dir / train_task.WANDB_RUN_ID_FILE).read_text() == run_id
