@@ -261,9 +261,8 @@ def finish_training(
     )
 
     metrics: dict[str, Any] = {}
-    net = model.net_ema
-    if cfg.evaluate.enabled:
-        metrics = evaluate_heldout(cfg, net, output_dir, steps=int(trainer.global_step))
+    if cfg.evaluate.enabled:  # models without a stylizer (e.g. StyleGAN2 fine-tuning) turn it off
+        metrics = evaluate_heldout(cfg, model.net_ema, output_dir, steps=int(trainer.global_step))
         report = output_dir / REPORT_FILE
         for logger in trainer.loggers:
             logger.log_metrics(
