@@ -43,6 +43,9 @@ preview: $(STAMP) ## one PNG grid per synthesis stage for a few seeds
 stylize: $(STAMP) ## stylize images: make stylize ckpt=PATH input=DIR output=DIR
 	$(PY) stylize.py $(HYDRA_ARGS)
 
+evaluate: $(STAMP) ## held-out metrics + report of a trained run: make evaluate ckpt_path=RUN_DIR
+	$(PY) evaluate.py $(HYDRA_ARGS)
+
 weights: $(STAMP) ## fetch the public checkpoints into paths.weights_dir (needs internet)
 	$(PY) scripts/fetch_weights.py $(HYDRA_ARGS)
 
