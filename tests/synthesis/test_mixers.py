@@ -243,3 +243,13 @@ def test_no_mixer_returns_the_source_image(source):
     seeds = torch.tensor([3, 4])
     photo, latents = source.sample(seeds)
     assert torch.equal(NoMixer(source).render(latents), photo)  # resolution == size here
+
+
+def test_bf16_cdsm_and_layer_swap_stay_close_to_float32(source, target_file, tmp_path):
+    code, w = code_file(tmp_path, 1), wplus(0)
+    full = cdsm(source, target_file, code).render(w)
+    half = cdsm(source, target_file, code, bf16=True).render(w)
+    assert half.dtype == torch.float32 and (full - half).abs().mean() < 0.03
+    swap = LayerSwapMixer(source, target_file).render(w)
+    swap_half = LayerSwapMixer(source, target_file, bf16=True).render(w)
+    assert (swap - swap_half).abs().mean() < 0.03

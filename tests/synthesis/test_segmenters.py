@@ -92,3 +92,10 @@ def test_union_adds_the_character_head_outside_the_source_head():
     assert union.tolist() == [[[17, 1, 17, 1]]]
     with pytest.raises(ValueError, match="shape"):
         union_head_labels(source, character[..., :2])
+
+
+def test_bf16_labels_mostly_agree_with_float32(segmenter, images):
+    half = BiSeNetSegmenter(None, parse_size=64, allow_random_init=True, init_seed=0, bf16=True)
+    labels = half.parse(images)
+    assert labels.shape == (2, 48, 40) and labels.dtype == torch.int64
+    assert (labels == segmenter.parse(images)).float().mean() > 0.9

@@ -130,3 +130,14 @@ def test_animegan_background_falls_back_only_when_allowed(tmp_path, caplog):
     torch.save(stylizer.net.state_dict(), tmp_path / "face_paint_512_v2.pt")
     loaded = AnimeGANBackground(str(tmp_path))
     assert torch.equal(loaded(images), out)
+
+
+def test_bf16_renders_close_to_float32():
+    """bf16 (meant for GPUs) measured on CPU at a tiny size: same pairs up to bf16 rounding."""
+    fp32, bf16 = tiny_source(), tiny_source(bf16=True)
+    assert bf16.generator.conv1.conv.weight.dtype == torch.bfloat16
+    assert bf16.generator.style[1].weight.dtype == torch.float32  # mapping kept in fp32
+    seeds = torch.tensor([1, 2])
+    (a, wa), (b, wb) = fp32.sample(seeds), bf16.sample(seeds)
+    assert torch.equal(wa, wb) and b.dtype == torch.float32
+    assert (a - b).abs().mean() < 0.03

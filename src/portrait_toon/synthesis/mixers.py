@@ -23,9 +23,9 @@ from portrait_toon.checkpoints import MissingWeightsError, load_state_dict_file
 from portrait_toon.nets.stylegan2 import Generator
 from portrait_toon.synthesis.sources import (
     StyleGAN2Generator,
-    autocast_context,
     build_stylegan2,
     resolve_checkpoint,
+    set_bf16,
 )
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class CDSMMixer(nn.Module):
             `weights_dir`); None or missing + `allow_latent_avg_code` -> G_t's latent_avg.
         mixing_level, swap_resolution, replace_torgb: m, r_swap, toRGB style replacement.
         allow_random_init / init_seed: random G_t when its file is missing (debug=tiny).
-        autocast: bf16 autocast on CUDA.
+        bf16: run the renderer in bfloat16 (images returned as float32); for GPUs.
     """
 
     def __init__(
@@ -172,7 +172,7 @@ class CDSMMixer(nn.Module):
         replace_torgb: bool = True,
         allow_random_init: bool = False,
         init_seed: int = 1,
-        autocast: bool = False,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         src = _source_generator(source, "mixer=cdsm")
@@ -186,7 +186,7 @@ class CDSMMixer(nn.Module):
         self.mixing_level = int(mixing_level)
         self.swap_resolution = int(swap_resolution)
         self.replace_torgb = bool(replace_torgb)
-        self.autocast = bool(autocast)
+        self.bf16 = bool(bf16)
 
         g_t, latent_avg_t = build_stylegan2(
             target_checkpoint,
@@ -230,9 +230,14 @@ class CDSMMixer(nn.Module):
         # Character styles A^t(w_c): constant, one [1, C] row per layer.
         with torch.no_grad():
             character_styles = g_t.get_styles(w_c.unsqueeze(0).to(next(g_t.parameters())))
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
         for entry, style in zip(self.plan, character_styles):
             if entry.style_from == "character":
-                self.register_buffer(f"character_style_{_key(entry.name)}", style.detach())
+                name = f"character_style_{_key(entry.name)}"
+                self.register_buffer(name, style.detach().to(dtype))
+        if self.bf16:
+            set_bf16(self.renderer)
+            set_bf16(self.source_affines)
         self.requires_grad_(False)
         self.train(False)
         log.info(
@@ -310,10 +315,8 @@ class CDSMMixer(nn.Module):
     @torch.no_grad()
     def render(self, latents: Tensor) -> Tensor:
         """X_cdsm for the source W+ latents [B, n_latent, style_dim]: [-1, 1] images."""
-        device = self.w_c.device
-        wplus = latents.to(device)
-        with autocast_context(device, self.autocast):
-            images = self.renderer.synthesis_from_styles(self.styles(wplus))
+        wplus = latents.to(self.w_c.device, self.renderer.input.input.dtype)
+        images = self.renderer.synthesis_from_styles(self.styles(wplus))
         return images.float().clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:
@@ -338,7 +341,7 @@ class LayerSwapMixer(nn.Module):
     blend_width -> 0). The blended generator is built once; `render(wplus)` runs it on the
     source W+ (the mapping is G_s's: the latents come from the source). alpha = 0 everywhere
     (swap_resolution above the size) reproduces G_s exactly, alpha = 1 (hard, swap_resolution
-    <= 4) reproduces G_t.
+    <= 4) reproduces G_t. `bf16` runs it in bfloat16 (for GPUs).
     """
 
     def __init__(
@@ -351,7 +354,7 @@ class LayerSwapMixer(nn.Module):
         blend_width: float = 0.5,
         allow_random_init: bool = False,
         init_seed: int = 1,
-        autocast: bool = False,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         src = _source_generator(source, "mixer=layer_swap")
@@ -364,7 +367,7 @@ class LayerSwapMixer(nn.Module):
         self.swap_resolution = int(swap_resolution)
         self.blend = blend
         self.blend_width = float(blend_width)
-        self.autocast = bool(autocast)
+        self.bf16 = bool(bf16)
         g_t, _ = build_stylegan2(
             target_checkpoint,
             weights_dir=weights_dir,
@@ -382,8 +385,7 @@ class LayerSwapMixer(nn.Module):
                 alpha = self.alpha(layer_resolution(name))
                 # alpha * t + (1 - alpha) * s is exactly s at alpha = 0 and t at alpha = 1.
                 tensor.copy_(alpha * target_state[name] + (1.0 - alpha) * tensor)
-        self.generator = blended
-        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+        self.generator = set_bf16(blended) if self.bf16 else blended
         self.requires_grad_(False)
         self.train(False)
 
@@ -401,11 +403,9 @@ class LayerSwapMixer(nn.Module):
     @torch.no_grad()
     def render(self, latents: Tensor) -> Tensor:
         """The blended generator on the source W+ latents: [-1, 1] images."""
-        device = self._device_anchor.device
-        with autocast_context(device, self.autocast):
-            images = self.generator.synthesis_from_styles(
-                self.generator.get_styles(latents.to(device))
-            )
+        constant = self.generator.input.input
+        wplus = latents.to(constant.device, constant.dtype)
+        images = self.generator.synthesis_from_styles(self.generator.get_styles(wplus))
         return images.float().clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:

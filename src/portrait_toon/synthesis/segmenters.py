@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portrait_toon.checkpoints import (
@@ -22,7 +23,12 @@ from portrait_toon.checkpoints import (
     load_state_dict_file,
 )
 from portrait_toon.nets.bisenet import HEAD_CLASS_IDS, PARSE_SIZE, BiSeNet
-from portrait_toon.synthesis.sources import autocast_context, resolve_checkpoint, seeded_init
+from portrait_toon.synthesis.sources import (
+    resize_images,
+    resolve_checkpoint,
+    seeded_init,
+    set_bf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,8 @@ class BiSeNetSegmenter(nn.Module):
             logged) instead of an error; smoke tests (debug=tiny) only.
         init_seed: seed of that random init.
         channels_last: run the net in channels_last (faster convs on CPU).
-        autocast: bf16 autocast on CUDA (ignored on CPU).
+        bf16: run the net in bfloat16 (for GPUs). The image is then resized to parse_size in
+            float32 and the labels come back to the image size by nearest neighbour.
     BatchNorms are folded into the convs (eval-only inference). Frozen, always eval.
     """
 
@@ -75,7 +82,7 @@ class BiSeNetSegmenter(nn.Module):
         allow_random_init: bool = False,
         init_seed: int = 0,
         channels_last: bool = True,
-        autocast: bool = False,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         if parse_size is not None and int(parse_size) < 32:
@@ -104,7 +111,9 @@ class BiSeNetSegmenter(nn.Module):
         self.net.to(memory_format=self.memory_format)
         self.net.fold_bn()
         self.parse_size = None if parse_size is None else int(parse_size)
-        self.autocast = bool(autocast)
+        self.bf16 = bool(bf16)
+        if self.bf16:
+            set_bf16(self.net)  # after folding: the folded weights are cast too
         self.requires_grad_(False)
         self.train(False)
 
@@ -121,9 +130,17 @@ class BiSeNetSegmenter(nn.Module):
             raise ValueError(f"segmenter.parse: domain must be one of {DOMAINS}, got {domain!r}")
         device = self.net.imagenet_mean.device
         images = images.to(device=device, dtype=torch.float32)
-        images = images.contiguous(memory_format=self.memory_format)
-        with autocast_context(device, self.autocast):
+        if not self.bf16:
+            images = images.contiguous(memory_format=self.memory_format)
             return self.net.parse(images, size=self.parse_size)
+        # bf16: resize in float32 (antialiased resizing has no bf16 kernel on every device)
+        size = images.shape[-2:]
+        work = images if self.parse_size is None else resize_images(images, self.parse_size)
+        work = work.to(torch.bfloat16).contiguous(memory_format=self.memory_format)
+        labels = self.net.parse(work, size=None)
+        if labels.shape[-2:] != size:
+            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
+        return labels.long()
 
     def extra_repr(self) -> str:
         return f"parse_size={self.parse_size}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,13 @@ __all__ = [
     "FFHQ_ARCH",
     "AnimeGANBackground",
     "StyleGAN2Generator",
-    "autocast_context",
+    "check_arch",
     "build_stylegan2",
     "mapping_mean",
     "resize_images",
     "resolve_checkpoint",
     "seeded_init",
+    "set_bf16",
 ]
 
 # rosinality's stylegan2-ffhq-config-f.pt (nets.stylegan2.Generator keyword arguments)
@@ -89,11 +90,20 @@ def seeded_init(seed: int) -> Iterator[None]:
         yield
 
 
-def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when `enabled`; a no-op elsewhere (bf16 is slow on CPUs)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def set_bf16(module: nn.Module, keep_float32: Sequence[str] = ()) -> nn.Module:
+    """Cast a frozen network to bfloat16 (weights and therefore activations), except the
+    submodules named in `keep_float32` (e.g. StyleGAN2's mapping `style`, which is cheap and
+    sets W precisely; they are never rounded through bf16).
+
+    Whole-network bf16 rather than autocast: the networks' fused no-grad paths update
+    activations in place, which autocast's mixed fp32/bf16 operands would break."""
+    kept = {name: module.get_submodule(name) for name in keep_float32}
+    for name in kept:
+        module.set_submodule(name, nn.Identity())
+    module.to(torch.bfloat16)
+    for name, part in kept.items():
+        module.set_submodule(name, part)
+    return module
 
 
 def resize_images(images: Tensor, size: int) -> Tensor:
@@ -226,7 +236,8 @@ class StyleGAN2Generator(nn.Module):
         allow_random_init: a missing/None checkpoint builds random weights (WARNING logged)
             instead of raising; for smoke tests (debug=tiny) only.
         init_seed: seed of that random init (equal seeds give equal weights).
-        autocast: bf16 autocast on CUDA (ignored on CPU).
+        bf16: run the synthesis network in bfloat16 (the mapping stays float32; images are
+            returned as float32). For GPUs with bf16 support; slow on CPUs.
 
     `sample(seeds)` -> (images [B, 3, resolution, resolution] in [-1, 1], W+ [B, n_latent,
     style_dim]); `render(wplus)` -> images at the generator's size. Frozen, always eval.
@@ -244,7 +255,7 @@ class StyleGAN2Generator(nn.Module):
         latent_avg_samples: int = 4096,
         allow_random_init: bool = False,
         init_seed: int = 0,
-        autocast: bool = False,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(truncation) <= 1.0:
@@ -262,7 +273,9 @@ class StyleGAN2Generator(nn.Module):
         self.register_buffer("latent_avg", latent_avg)
         self.truncation = float(truncation)
         self.resolution = int(resolution or self.arch["size"])
-        self.autocast = bool(autocast)
+        self.bf16 = bool(bf16)
+        if self.bf16:
+            set_bf16(self.generator, keep_float32=("style",))
         self.init_seed = int(init_seed)
         self.requires_grad_(False)
         self.train(False)
@@ -290,9 +303,9 @@ class StyleGAN2Generator(nn.Module):
     @torch.no_grad()
     def render(self, wplus: Tensor) -> Tensor:
         """G_s(W+) at the generator's size, clamped to [-1, 1] (fp32)."""
-        with autocast_context(self.device, self.autocast):
-            styles = self.generator.get_styles(wplus.to(self.device))
-            images = self.generator.synthesis_from_styles(styles)
+        dtype = self.generator.input.input.dtype
+        styles = self.generator.get_styles(wplus.to(self.device, dtype))
+        images = self.generator.synthesis_from_styles(styles)
         return images.float().clamp_(-1.0, 1.0)
 
     @torch.no_grad()
