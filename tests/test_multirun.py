@@ -180,14 +180,26 @@ hydra:
 """
 
 
-def run_app(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+# like conf/hparams_search/optuna.yaml: a config file that turns multirun mode on
+FORCE_MULTIRUN = """
+# @package _global_
+hydra:
+  mode: MULTIRUN
+"""
+
+
+def run_app(
+    root: Path, *overrides: str, multirun_flag: bool = True, **env_vars: str
+) -> subprocess.CompletedProcess:
     app_dir = root / "app"
-    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "search").mkdir(parents=True, exist_ok=True)
     (app_dir / "app.py").write_text(textwrap.dedent(APP))
     (app_dir / "app.yaml").write_text(APP_CONFIG.format(conf=REPO_ROOT / "conf"))
-    env = {**os.environ, "APP_ROOT": str(root), "HYDRA_FULL_ERROR": "1"}
+    (app_dir / "search" / "force_multirun.yaml").write_text(FORCE_MULTIRUN)
+    env = {**os.environ, "APP_ROOT": str(root), "HYDRA_FULL_ERROR": "1", **env_vars}
+    flag = ["-m"] if multirun_flag else []
     return subprocess.run(
-        [sys.executable, str(app_dir / "app.py"), "-m", *overrides],
+        [sys.executable, str(app_dir / "app.py"), *flag, *overrides],
         cwd=root,
         env=env,
         capture_output=True,
@@ -214,6 +226,23 @@ def test_jobs_run_as_single_runs_in_their_folders_and_return_values(tmp_path):
         }
     assert sorted(p.name for p in (root / "sweep").iterdir()) == ["0", "1", "2", "multirun.yaml"]
     assert not (root / "single_run").exists()
+
+
+def test_a_config_that_forces_multirun_mode_does_not_make_jobs_sweep_again(tmp_path):
+    # without hydra.mode=RUN on the job's command line every job would start the sweep anew
+    result = run_app(tmp_path, "+search=force_multirun", "x=1,2", multirun_flag=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0", "1", "multirun.yaml"]
+    for num, x in enumerate((1, 2)):
+        assert job_record(tmp_path, num, "seen.json")["mode"] == "RUN"
+        assert job_record(tmp_path, num, JOB_RETURN_FILE)["return_value"] == x * 10
+
+
+def test_a_job_never_launches_a_sweep_of_its_own(tmp_path):
+    result = run_app(tmp_path, "x=1,2", PORTRAIT_TOON_LAUNCHER_JOB="0 of /elsewhere")
+    assert result.returncode != 0
+    assert "would start a sweep of its own" in result.stderr
+    assert not (tmp_path / "sweep" / "0").exists()
 
 
 def test_a_failing_job_fails_the_sweep_naming_the_job_after_all_jobs_ran(tmp_path):

@@ -73,6 +73,9 @@ _REPLACED_HYDRA_KEYS = (
     "hydra.sweeper",
 )
 _CALLBACK_NAME = "portrait_toon_job_return"
+# Set in every job's environment: a job that would launch a sweep itself (a config with
+# `hydra.mode: MULTIRUN`) is stopped instead of forking sweeps recursively.
+JOB_ENV_MARKER = "PORTRAIT_TOON_LAUNCHER_JOB"
 # After SIGINT/SIGTERM, how long a job's processes get to shut down before SIGKILL.
 _STOP_GRACE_S = 30.0
 _POLL_S = 0.2
@@ -247,6 +250,12 @@ class ProcessLauncher(Launcher):
 
     # -------------------------------------------------------------------------------- launch
     def launch(self, job_overrides: list[list[str]] | Any, initial_job_idx: int) -> list[JobReturn]:
+        if os.environ.get(JOB_ENV_MARKER):
+            raise RuntimeError(
+                f"this process is job {os.environ[JOB_ENV_MARKER]} of a hydra/launcher=process "
+                "sweep and would start a sweep of its own; jobs always run as single runs "
+                "(is hydra.mode=MULTIRUN forced somewhere the job also reads?)"
+            )
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -308,6 +317,9 @@ class ProcessLauncher(Launcher):
             *entry_command(self.config.hydra.runtime.cwd),
             *overrides,
             *hydra_overrides,
+            # a single run even when a config file says `hydra.mode: MULTIRUN` (e.g. an
+            # hparams_search config): otherwise every job would sweep again, recursively
+            "hydra.mode=RUN",
             f"hydra.run.dir={quote_override_value(str(job_dir))}",
             # the job knows the sweep it belongs to (e.g. to group its W&B run)
             f"hydra.sweep.dir={quote_override_value(str(Path(sweep_dir).resolve()))}",
@@ -353,6 +365,7 @@ class ProcessLauncher(Launcher):
         job.job_dir.mkdir(parents=True, exist_ok=True)
         (job.job_dir / JOB_RETURN_FILE).unlink(missing_ok=True)  # a rerun must not read a stale one
         env = {key: value for key, value in os.environ.items() if key not in _DISTRIBUTED_ENV}
+        env[JOB_ENV_MARKER] = f"{job.num} of {self.config.hydra.sweep.dir}"
         if visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible_devices
         to_file = self.output == "file" or (self.output == "auto" and self.n_jobs > 1)
