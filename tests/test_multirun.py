@@ -269,6 +269,26 @@ def test_a_job_past_its_timeout_is_stopped(tmp_path):
     assert "stopped: timeout (0.05 min)" in result.stderr
 
 
+def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path):
+    # the run folder is <time to the second>_<token>: the token is random per process
+    script = (
+        "from portrait_toon import config\n"
+        "from hydra.core.hydra_config import HydraConfig\n"
+        "config.compose_config('train', ['debug=tiny'])\n"
+        "print(config.run_token(), HydraConfig.get().runtime.output_dir)\n"
+    )
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}
+    starts = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120)[0].split() for process in starts]
+    (token_a, dir_a), (token_b, dir_b) = outputs
+    assert token_a != token_b and dir_a != dir_b
+    assert dir_a.endswith(f"_{token_a}") and dir_b.endswith(f"_{token_b}")
+    assert Path(dir_a).parent == tmp_path / "logs" / "debug" / "runs"
+
+
 def test_quoted_override_values_read_back_literally():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
