@@ -209,3 +209,26 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
             assert step["loss"] == pytest.approx(by_step[step["step"]]["loss"], rel=1e-5), progress
     assert checkpoint(run_dir)["global_step"] == saved + 2
     assert (run_dir / train_task.WANDB_RUN_ID_FILE).read_text() == run_id
+
+
+def test_ckpt_path_last_in_a_sweep_job_only_resumes_its_own_folder(tmp_path):
+    other_run = tmp_path / "logs" / "debug" / "runs" / "another_experiment" / "checkpoints"
+    other_run.mkdir(parents=True)
+    (other_run / "last.ckpt").write_bytes(b"not this one")
+    overrides = [
+        "debug=tiny",
+        "ckpt_path=last",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    # a single run falls back to the newest run of the task ...
+    single = tmp_path / "single"
+    cfg = config.compose_config("train", overrides, single)
+    assert train_task.resume_checkpoint(cfg, single) == str(other_run / "last.ckpt")
+    # ... a sweep job (its folder inside hydra.sweep.dir) starts fresh, then resumes its own
+    job_dir = tmp_path / "sweep" / "0"
+    cfg = config.compose_config("train", overrides, job_dir)
+    assert train_task.resume_checkpoint(cfg, job_dir) is None
+    (job_dir / "checkpoints").mkdir()
+    (job_dir / "checkpoints" / "last.ckpt").write_bytes(b"this one")
+    assert train_task.resume_checkpoint(cfg, job_dir) == str(job_dir / "checkpoints" / "last.ckpt")

@@ -188,14 +188,30 @@ def prepare(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint `cfg.ckpt_path` names (see `config.resolve_ckpt_path`), or None.
+
+    A job of a sweep given `ckpt_path=last` resumes from its own folder only (the same sweep
+    rerun with its `hydra.sweep.dir`, or a SLURM requeue) and otherwise starts fresh: the
+    newest run elsewhere belongs to another experiment.
+    """
+    if str(cfg.ckpt_path) == "last" and _sweep_group() is not None:
+        own = output_dir / "checkpoints" / "last.ckpt"
+        if not own.is_file():
+            info("ckpt_path=last: no checkpoint in this sweep job's folder yet, starting fresh")
+            return None
+        return str(own)
+    runs_dir = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
+    return config.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
+
+
 # --------------------------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit F as configured; returns the held-out metrics (empty when evaluation is off)."""
     prepare(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    runs_dir = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
-    ckpt_path = config.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
+    ckpt_path = resume_checkpoint(cfg, output_dir)
     if ckpt_path:
         info("resuming from %s", ckpt_path)
     pl.seed_everything(int(cfg.seed), workers=True)
