@@ -168,7 +168,7 @@ KNOWN_WEIGHTS: dict[str, KnownWeight] = {
         KnownWeight(
             filename="vgg16-397923af.pth",
             description="torchvision VGG16 IMAGENET1K_V1 (bare state_dict; LPIPS trunk)",
-            used_by="loss.perceptual=lpips",
+            used_by="nets.vgg.vgg16 (standard LPIPS-VGG trunk; not needed by stlpips)",
             url="https://download.pytorch.org/models/vgg16-397923af.pth",
             manual="download https://download.pytorch.org/models/vgg16-397923af.pth",
             licence=_TORCHVISION_LICENCE,
