@@ -72,11 +72,12 @@ class Generator(nn.Module):
     sides are not multiples of 4 gives a smaller output (97x131 -> 96x128).
     Use `model.to(memory_format=torch.channels_last)` with channels_last inputs on CPU.
 
-    Without autograd (no_grad/inference_mode, or nothing requiring grad) the forward runs a
-    fused path (`fused_inference=True`): each layer's GroupNorm statistics, affine, LeakyReLU
-    and the *next* layer's reflection padding are one write into a pre-padded buffer, which
-    saves a full-size allocation and two memory passes per layer. Same numbers up to float
-    rounding; set `fused_inference = False` to run the plain module graph.
+    For channels_last inputs without autograd (no_grad/inference_mode, or nothing requiring
+    grad) the forward runs a fused path (`fused_inference=True`): each layer's GroupNorm
+    statistics, affine, LeakyReLU and the *next* layer's reflection padding become one write
+    into a pre-padded buffer, which saves a full-size allocation and a memory pass per layer
+    (channels_last GroupNorm is also slow on CPU). Same numbers up to float rounding; set
+    `fused_inference = False` to run the plain module graph.
     """
 
     def __init__(self) -> None:
@@ -110,7 +111,8 @@ class Generator(nn.Module):
     def forward(self, x: Tensor, align_corners: bool = True) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"AnimeGANv2 Generator expects [B, 3, H, W], got {tuple(x.shape)}")
-        if self.fused_inference and not self._needs_autograd(x):
+        fusable = _format_of(x) is torch.channels_last  # NCHW: the native GroupNorm is faster
+        if self.fused_inference and fusable and not self._needs_autograd(x):
             return self._forward_fused(x, align_corners)
         out = self.block_a(x)
         half_size = out.shape[-2:]
