@@ -110,6 +110,7 @@ def run_ddp_sweep(root: Path) -> SweepRun:
         "trainer=ddp_cpu",
         "logger=wandb",
         "seed=1,2",
+        "loss.perceptual.kind=none",  # VGG16: most of a CPU step, nothing to do with DDP
         "hydra/launcher=process",
         "hydra.launcher.n_jobs=2",
         "hydra.launcher.timeout_min=10",  # a hang fails the test instead of blocking the suite
@@ -190,6 +191,7 @@ def test_ranks_see_disjoint_pairs_whose_union_is_the_single_process_stream(
             "trainer=cpu",
             f"data.batch_size={WORLD * BATCH}",
             "logger=none",
+            "loss.perceptual.kind=none",
             "evaluate.enabled=false",
             "evaluate.export=false",
         ],
