@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -147,7 +149,8 @@ from hydra.core.hydra_config import HydraConfig
 def main(cfg):
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
-    seen = {"x": cfg.x, "mode": hydra_cfg.mode.name, "sweep_dir": hydra_cfg.sweep.dir}
+    seen = {"x": cfg.x, "mode": hydra_cfg.mode.name, "sweep_dir": hydra_cfg.sweep.dir,
+            "pid": os.getpid()}
     (out / "seen.json").write_text(json.dumps(seen))
     if cfg.x == cfg.fail_at:
         raise ValueError(f"bad x={cfg.x}")
@@ -267,6 +270,29 @@ def test_a_job_past_its_timeout_is_stopped(tmp_path):
     result = run_app(tmp_path, "x=1", "sleep_at=1", "hydra.launcher.timeout_min=0.05")
     assert result.returncode != 0
     assert "stopped: timeout (0.05 min)" in result.stderr
+
+
+def test_ctrl_c_on_the_sweep_stops_its_running_jobs(tmp_path):
+    run_app(tmp_path, "x=0")  # writes the app; its one quick job is not what is tested here
+    env = {**os.environ, "APP_ROOT": str(tmp_path / "interrupted")}
+    sweep = subprocess.Popen(
+        [sys.executable, str(tmp_path / "app" / "app.py"), "-m", "x=1,2", "sleep_at=1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen_file = tmp_path / "interrupted" / "sweep" / "0" / "seen.json"
+    deadline = time.monotonic() + 120
+    while not seen_file.is_file():  # job #0 is asleep in its task function
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    job_pid = json.loads(seen_file.read_text())["pid"]
+    sweep.send_signal(signal.SIGINT)
+    assert sweep.wait(timeout=120) != 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(job_pid, 0)  # the job went with the sweep
+    assert not (tmp_path / "interrupted" / "sweep" / "1").exists()  # and no new job started
 
 
 def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path):

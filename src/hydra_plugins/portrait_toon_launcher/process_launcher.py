@@ -411,6 +411,7 @@ class ProcessLauncher(Launcher):
         except subprocess.TimeoutExpired:
             _signal_group(job, signal.SIGKILL)
             job.process.wait()
+        _signal_group(job, signal.SIGKILL)  # DDP ranks left behind by an interrupted job
         if job.output is not None:
             job.output.close()
 
