@@ -142,6 +142,7 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
             "debug=tiny",
             "trainer=cpu",
             "logger=wandb",
+            "loss.perceptual.kind=none",
             "evaluate.enabled=false",
             "evaluate.export=false",
             f"callbacks.model_checkpoint.every_n_train_steps={every_n}",
