@@ -1,1 +1,4 @@
-"""Pure nn.Modules, one architecture a file; each loads its public checkpoint. Imports nothing of the project."""
+"""Pure nn.Modules, one architecture a file, each able to load its public checkpoint.
+
+Imports nothing of the project.
+"""
