@@ -469,3 +469,17 @@ def test_fetcher_arguments(fetcher, tmp_path):
     }
     with pytest.raises(SystemExit, match="unknown file"):
         fetcher.parse_args(["only=nope.pt"])
+
+
+def test_random_bytes_are_a_clear_checkpoint_error(tmp_path):
+    """Any garbage file (random bytes break the unpickler in many ways) is one CheckpointError."""
+    import random
+
+    from portrait_toon.checkpoints import CheckpointError, load_state_dict_file
+
+    rng = random.Random(0)
+    for i in range(200):
+        path = tmp_path / f"garbage_{i}.pt"
+        path.write_bytes(bytes(rng.getrandbits(8) for _ in range(256)))
+        with pytest.raises(CheckpointError, match=path.name):
+            load_state_dict_file(path)

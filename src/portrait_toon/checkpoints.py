@@ -308,7 +308,9 @@ def _load_torch(path: Path) -> Any:
             "Nothing from the file was executed. If you trust its origin, re-save it as a plain "
             "state_dict (`torch.save(model.state_dict(), ...)`) or as .safetensors and load that."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    # Random or truncated bytes can break the weights-only unpickler in arbitrary ways
+    # (IndexError on an empty stack, KeyError on an unknown opcode, ...): all mean "corrupt".
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint - truncated or corrupt download? ({err})"
         ) from None
