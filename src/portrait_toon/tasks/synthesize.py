@@ -119,6 +119,7 @@ def synthesis_fingerprint(cfg: DictConfig) -> dict[str, Any]:
 
 def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Run the task `cfg.task` names; returns a summary (paths, counts)."""
+    config.apply_set_if_present(cfg)  # debug=tiny shrinks, as in train()
     config.validate(cfg)
     task = str(cfg.task)
     if task == "shards":
