@@ -38,9 +38,21 @@ def test_residual_net_starts_as_identity() -> None:
     torch.testing.assert_close(tiny()(x), x, atol=1e-5, rtol=0)
 
 
+def test_residual_output_is_clamped_but_keeps_gradients() -> None:
+    net = tiny()
+    with torch.no_grad():
+        net.head.bias.fill_(5.0)  # push every pixel far above 1
+    x = torch.zeros(1, 3, 16, 16, requires_grad=True)
+    y = net(x)
+    assert torch.equal(y, torch.ones_like(y))
+    y.sum().backward()
+    # straight-through: saturated pixels still pass gradient back (no dead zone)
+    assert net.head.bias.grad is not None and net.head.bias.grad.abs().sum() > 0
+
+
 def test_gradients_reach_every_parameter_after_a_few_steps() -> None:
-    # Zero-initialised last convs (identity start) block gradients to earlier layers only until
-    # the first update; after a few steps every parameter must receive a gradient.
+    # Zero residual gains and head (identity start) block gradients to earlier layers only
+    # until the first update; after a few steps every parameter must receive a gradient.
     torch.manual_seed(0)
     net = tiny()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)

@@ -16,8 +16,7 @@ from torch import nn
 
 NORMS = ("none", "group", "instance")
 UPSAMPLE_MODES = ("bilinear", "nearest")
-# Residual-to-input works in tanh's pre-activation space; clamp so atanh stays finite.
-_ATANH_LIMIT = 0.999
+_SQRT_HALF = 0.5**0.5
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -35,10 +34,13 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """conv3x3 -> norm -> LeakyReLU -> conv3x3 -> norm, added to the input.
+    """conv3x3 -> norm -> LeakyReLU -> conv3x3 -> norm, scaled by a learned gain and added to
+    the input.
 
-    The last conv starts at zero (SkipInit), so every block starts as the identity: deep stacks
-    train stably without normalisation, which would otherwise wash out absolute colour.
+    The gain starts at zero (SkipInit, De & Smith 2020), so every block starts as the identity
+    and its contribution grows at the optimiser's pace: deep stacks train stably without
+    normalisation, which would otherwise wash out absolute colour. (Zero-initialising the whole
+    second conv instead lets Adam grow all its weights at once: unstable without norm.)
     """
 
     def __init__(self, channels: int, norm: str = "none") -> None:
@@ -49,11 +51,11 @@ class ResBlock(nn.Module):
         self.act = nn.LeakyReLU(0.2, inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
         self.norm2 = _norm(norm, channels)
-        nn.init.zeros_(self.conv2.weight)
+        self.gain = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.norm1(self.conv1(x)))
-        return x + self.norm2(self.conv2(h))
+        return x + self.gain * self.norm2(self.conv2(h))
 
 
 class Down(nn.Module):
@@ -88,6 +90,16 @@ class Up(nn.Module):
         return F.interpolate(x, size=size, mode="nearest")
 
 
+def _clamp_straight_through(y: torch.Tensor) -> torch.Tensor:
+    """Clamp to [-1, 1] in the forward pass, identity gradient in the backward pass.
+
+    A residual output must stay a valid image, but a hard clamp (or a tanh around the sum)
+    stops gradients exactly where photos saturate (white walls, black hair), and the net then
+    drifts there unchecked; the straight-through gradient keeps pulling those pixels back.
+    """
+    return y + (y.clamp(-1.0, 1.0) - y).detach()
+
+
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad H and W up to `multiple`, split evenly; reflect where the image is big enough."""
     height, width = x.shape[-2:]
@@ -107,7 +119,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
 
 
 class UNet(nn.Module):
-    """Fully convolutional U-Net: `forward(x [B,C,H,W] in [-1,1]) -> [B,out,H,W] in (-1,1)`.
+    """Fully convolutional U-Net: `forward(x [B,C,H,W] in [-1,1]) -> [B,out,H,W] in [-1,1]`.
 
     Args:
         in_channels, out_channels: image channels.
@@ -119,9 +131,10 @@ class UNet(nn.Module):
         norm: "none" (default: fastest, keeps absolute colour), "group" or "instance".
         stem_stride: 2 packs each 2x2 pixel patch into channels (pixel-unshuffle, lossless) so
             the network runs at half resolution and unpacks at the end; 1 keeps full resolution.
-        residual: predict a change to the input, y = tanh(atanh(x) + delta) (needs
-            in_channels == out_channels); starts as the identity, since targets share the
-            inputs' colours and layout. Otherwise y = tanh(head(h)).
+        residual: predict a change to the input, y = clamp(x + delta, -1, 1) with a
+            straight-through gradient (needs in_channels == out_channels); starts as the
+            identity, since targets share the inputs' colours and layout. Otherwise
+            y = tanh(head(h)).
         upsample: "bilinear" or "nearest" resize before the decoder convs.
     """
 
@@ -192,10 +205,22 @@ class UNet(nn.Module):
             for i in range(depth - 1)
         )
         self.head = nn.Conv2d(widths[0], out_channels * stem_stride**2, 3, padding=1)
+        self._init_weights()
         if residual:
             # Start as the identity map: the first steps refine rather than relearn the photo.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    def _init_weights(self) -> None:
+        # He init for the LeakyReLU that follows most convs, so activations keep their scale
+        # through the depth (PyTorch's default init shrinks them by ~sqrt(3) per layer).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for up in self.ups:  # no activation after the projection: unit gain
+            nn.init.kaiming_normal_(up.proj.weight, nonlinearity="linear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -216,12 +241,13 @@ class UNet(nn.Module):
         h = self.bottleneck(h)
         for level in reversed(range(len(self.ups))):
             skip = skips[level]
-            h = self.ups[level](h, skip.shape[-2:]) + skip
+            # Scaled sum keeps the activation variance of the two branches (unnormalised net).
+            h = (self.ups[level](h, skip.shape[-2:]) + skip) * _SQRT_HALF
             h = self.decoder[level](h)
         delta = self.head(h)
         if self.stem_stride > 1:
             delta = F.pixel_shuffle(delta, self.stem_stride)
         delta = delta[..., top : top + height, left : left + width]
         if self.residual:
-            return torch.tanh(torch.atanh(x.clamp(-_ATANH_LIMIT, _ATANH_LIMIT)) + delta)
+            return _clamp_straight_through(x + delta)
         return torch.tanh(delta)
