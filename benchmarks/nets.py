@@ -10,6 +10,7 @@ Usage: python benchmarks/nets.py [--runs N] [--only bisenet,animegan,vgg19,style
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 import torch
@@ -117,6 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     setup()
+    load_before = os.getloadavg()  # other work on the machine skews every figure
     peaks = measure_peaks()
     results, notes = [], []
     for key in [k.strip() for k in args.only.split(",") if k.strip()]:
@@ -144,6 +146,8 @@ def main() -> None:
             "results": results,
             # the machines drift: a second measurement shows how much during this run
             "peaks_after": measure_peaks(),
+            "load_avg_1_5_15_before": load_before,
+            "load_avg_1_5_15_after": os.getloadavg(),
             "notes": notes,
             "peak_rss_mib": peak_rss_mib(),
         }
