@@ -60,7 +60,8 @@ class RecordRankState(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         self.indices.append([int(i) for i in batch["index"].tolist()])
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    # on_fit_end: after the module's own on_train_end (which syncs batch-norm buffers)
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record = {
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,

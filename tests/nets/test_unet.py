@@ -51,8 +51,8 @@ def test_residual_output_is_clamped_but_keeps_gradients() -> None:
 
 
 def test_gradients_reach_every_parameter_after_a_few_steps() -> None:
-    # Zero residual gains and head (identity start) block gradients to earlier layers only
-    # until the first update; after a few steps every parameter must receive a gradient.
+    # The zero head (identity start) blocks gradients to earlier layers only until the first
+    # update; after a few steps every parameter must receive a gradient.
     torch.manual_seed(0)
     net = tiny()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -87,7 +87,7 @@ def test_config_rebuilds_the_same_architecture() -> None:
     assert net.pad_multiple == 4  # stem 1, three levels: two stride-2 downsamplings
 
 
-@pytest.mark.parametrize("norm", ["group", "instance"])
+@pytest.mark.parametrize("norm", ["group", "instance", "none"])
 def test_normalised_variants_run(norm: str) -> None:
     net = tiny(norm=norm)
     x = torch.rand(1, 3, 30, 30) * 2 - 1
@@ -98,7 +98,7 @@ def test_normalised_variants_run(norm: str) -> None:
     ("kwargs", "message"),
     [
         ({"depth": 3, "channel_mult": (1, 2)}, "depth=3 must equal len"),
-        ({"norm": "batch"}, "norm='batch'"),
+        ({"norm": "layer"}, "norm='layer'"),
         ({"stem_stride": 4}, "stem_stride=4"),
         ({"out_channels": 1}, "residual=True needs"),
         ({"upsample": "transposed"}, "upsample='transposed'"),

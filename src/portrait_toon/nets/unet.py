@@ -2,8 +2,14 @@
 
 The input is reflect-padded to a multiple of `pad_multiple` and the output cropped back, so any
 H x W works. Cheap on CPU by design: a lossless pixel-unshuffle stem runs the whole network at
-half resolution, skips are added (not concatenated), upsampling is bilinear resize + conv (no
-transposed convs, no checkerboards), and the output predicts a change to the input.
+half resolution, down-sampling is a 2x2 average (no aliasing, no parameters), up-sampling is a
+bilinear resize before the decoder convs (no transposed convs, no checkerboards), and the output
+predicts a change to the input.
+
+The layout is the classic one (conv-norm-act pairs per level, skips concatenated into the
+decoder) because it trains fast: an earlier variant with additive skips, 1x1 up-projections and
+zero-gain residual blocks (identity at start, no normalisation) was ~4x slower to learn the
+embedded world's mapping at the same cost and diverged at lr 1e-3.
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("none", "group", "instance")
+NORMS = ("batch", "group", "instance", "none")
 UPSAMPLE_MODES = ("bilinear", "nearest")
-_SQRT_HALF = 0.5**0.5
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
     if kind == "group":
         # Up to 32 groups of >= 4 channels: stable with batch size 1, colour kept per group.
         groups = max(1, min(32, channels // 4))
@@ -33,61 +40,18 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"UNet norm={kind!r} is not one of {NORMS}")
 
 
-class ResBlock(nn.Module):
-    """conv3x3 -> norm -> LeakyReLU -> conv3x3 -> norm, scaled by a learned gain and added to
-    the input.
+class ConvBlock(nn.Sequential):
+    """`layers` x (conv3x3 -> norm -> LeakyReLU(0.2)), the first one changing the width."""
 
-    The gain starts at zero (SkipInit, De & Smith 2020), so every block starts as the identity
-    and its contribution grows at the optimiser's pace: deep stacks train stably without
-    normalisation, which would otherwise wash out absolute colour. (Zero-initialising the whole
-    second conv instead lets Adam grow all its weights at once: unstable without norm.)
-    """
-
-    def __init__(self, channels: int, norm: str = "none") -> None:
-        super().__init__()
-        bias = norm == "none"
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
-        self.norm1 = _norm(norm, channels)
-        self.act = nn.LeakyReLU(0.2, inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
-        self.norm2 = _norm(norm, channels)
-        self.gain = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.norm1(self.conv1(x)))
-        return x + self.gain * self.norm2(self.conv2(h))
-
-
-class Down(nn.Module):
-    """Stride-2 conv3x3 to the next level's width."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
-        self.act = nn.LeakyReLU(0.2, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
-
-
-class Up(nn.Module):
-    """1x1 conv to the finer level's width at the coarse resolution (cheap), then a 2x resize.
-
-    Resize + conv instead of a transposed conv: no checkerboard artefacts on flat cartoon areas.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, mode: str) -> None:
-        super().__init__()
-        if mode not in UPSAMPLE_MODES:
-            raise ValueError(f"UNet upsample={mode!r} is not one of {UPSAMPLE_MODES}")
-        self.proj = nn.Conv2d(in_channels, out_channels, 1)
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = self.proj(x)
-        if self.mode == "bilinear":
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return F.interpolate(x, size=size, mode="nearest")
+    def __init__(self, in_channels: int, out_channels: int, layers: int, norm: str) -> None:
+        modules: list[nn.Module] = []
+        for i in range(layers):
+            modules += [
+                nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
+                _norm(norm, out_channels),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        super().__init__(*modules)
 
 
 def _clamp_straight_through(y: torch.Tensor) -> torch.Tensor:
@@ -126,15 +90,22 @@ class UNet(nn.Module):
         base_channels: width of the finest level.
         depth: number of levels (resolutions); must equal len(channel_mult).
         channel_mult: width of level i is base_channels * channel_mult[i].
-        blocks_per_level: ResBlocks per level in the encoder and again in the decoder.
-        bottleneck_blocks: extra ResBlocks at the coarsest level (cheap: few pixels there).
-        norm: "none" (default: fastest, keeps absolute colour), "group" or "instance".
+        blocks_per_level: conv-norm-act layers per level in the encoder and again in the
+            decoder (>= 1).
+        bottleneck_blocks: extra conv-norm-act layers at the coarsest level (cheap: few
+            pixels there).
+        norm: "batch" (default), "group", "instance" or "none". Batch norm is a fixed
+            per-channel affine at inference, so the output at a pixel never depends on the
+            rest of the image: tiled and whole-image stylization agree, at any size (group and
+            instance norm use per-image statistics, which tiles change). Without any norm the
+            net learned the embedded world's mapping far slower (held-out L1 ratio 0.99 vs 0.88
+            after 500 steps). With `residual` the input's colour passes through the skip.
         stem_stride: 2 packs each 2x2 pixel patch into channels (pixel-unshuffle, lossless) so
             the network runs at half resolution and unpacks at the end; 1 keeps full resolution.
         residual: predict a change to the input, y = clamp(x + delta, -1, 1) with a
-            straight-through gradient (needs in_channels == out_channels); starts as the
-            identity, since targets share the inputs' colours and layout. Otherwise
-            y = tanh(head(h)).
+            straight-through gradient (needs in_channels == out_channels); the head starts at
+            zero, so F starts as the identity (targets share the inputs' colours and layout).
+            Otherwise y = tanh(head(h)).
         upsample: "bilinear" or "nearest" resize before the decoder convs.
     """
 
@@ -145,9 +116,9 @@ class UNet(nn.Module):
         base_channels: int = 32,
         depth: int = 5,
         channel_mult: Sequence[int] = (1, 2, 4, 8, 8),
-        blocks_per_level: int = 1,
+        blocks_per_level: int = 2,
         bottleneck_blocks: int = 2,
-        norm: str = "none",
+        norm: str = "batch",
         stem_stride: int = 2,
         residual: bool = True,
         upsample: str = "bilinear",
@@ -159,12 +130,17 @@ class UNet(nn.Module):
                 f"UNet depth={depth} must equal len(channel_mult)={len(channel_mult)} "
                 f"(channel_mult={channel_mult}); set both, e.g. depth=4 channel_mult=[1,2,4,8]"
             )
-        if depth < 1 or base_channels < 1 or blocks_per_level < 0 or bottleneck_blocks < 0:
-            raise ValueError("UNet needs depth >= 1, base_channels >= 1 and block counts >= 0")
+        if depth < 1 or base_channels < 1 or blocks_per_level < 1 or bottleneck_blocks < 0:
+            raise ValueError(
+                "UNet needs depth >= 1, base_channels >= 1, blocks_per_level >= 1 and "
+                "bottleneck_blocks >= 0"
+            )
         if stem_stride not in (1, 2):
             raise ValueError(f"UNet stem_stride={stem_stride} must be 1 or 2")
         if norm not in NORMS:
             raise ValueError(f"UNet norm={norm!r} is not one of {NORMS}")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"UNet upsample={upsample!r} is not one of {UPSAMPLE_MODES}")
         if residual and in_channels != out_channels:
             raise ValueError(
                 f"UNet residual=True needs in_channels == out_channels "
@@ -185,42 +161,38 @@ class UNet(nn.Module):
         }
         self.stem_stride = stem_stride
         self.residual = residual
+        self.upsample = upsample
         self.pad_multiple = stem_stride * 2 ** (depth - 1)
         widths = [base_channels * m for m in channel_mult]
 
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels * stem_stride**2, widths[0], 3, padding=1),
-            nn.LeakyReLU(0.2, inplace=True),
-        )
         self.encoder = nn.ModuleList(
-            nn.Sequential(*(ResBlock(w, norm) for _ in range(blocks_per_level))) for w in widths
+            ConvBlock(
+                in_channels * stem_stride**2 if i == 0 else widths[i - 1],
+                widths[i],
+                blocks_per_level,
+                norm,
+            )
+            for i in range(depth)
         )
-        self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth - 1))
-        self.bottleneck = nn.Sequential(
-            *(ResBlock(widths[-1], norm) for _ in range(bottleneck_blocks))
+        self.bottleneck = (
+            ConvBlock(widths[-1], widths[-1], bottleneck_blocks, norm)
+            if bottleneck_blocks
+            else nn.Identity()
         )
-        self.ups = nn.ModuleList(Up(widths[i + 1], widths[i], upsample) for i in range(depth - 1))
         self.decoder = nn.ModuleList(
-            nn.Sequential(*(ResBlock(widths[i], norm) for _ in range(blocks_per_level)))
+            ConvBlock(widths[i + 1] + widths[i], widths[i], blocks_per_level, norm)
             for i in range(depth - 1)
         )
         self.head = nn.Conv2d(widths[0], out_channels * stem_stride**2, 3, padding=1)
-        self._init_weights()
         if residual:
             # Start as the identity map: the first steps refine rather than relearn the photo.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    def _init_weights(self) -> None:
-        # He init for the LeakyReLU that follows most convs, so activations keep their scale
-        # through the depth (PyTorch's default init shrinks them by ~sqrt(3) per layer).
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for up in self.ups:  # no activation after the projection: unit gain
-            nn.init.kaiming_normal_(up.proj.weight, nonlinearity="linear")
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.upsample == "bilinear":
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -228,22 +200,17 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         padded, (top, left) = _pad_to_multiple(x, self.pad_multiple)
 
-        h = padded
-        if self.stem_stride > 1:
-            h = F.pixel_unshuffle(h, self.stem_stride)
-        h = self.stem(h)
+        h = F.pixel_unshuffle(padded, self.stem_stride) if self.stem_stride > 1 else padded
         skips = []
-        for level, blocks in enumerate(self.encoder):
-            h = blocks(h)
-            if level < len(self.downs):
+        for level, block in enumerate(self.encoder):
+            if level:
                 skips.append(h)
-                h = self.downs[level](h)
+                h = F.avg_pool2d(h, 2)
+            h = block(h)
         h = self.bottleneck(h)
-        for level in reversed(range(len(self.ups))):
+        for level in reversed(range(len(self.decoder))):
             skip = skips[level]
-            # Scaled sum keeps the activation variance of the two branches (unnormalised net).
-            h = (self.ups[level](h, skip.shape[-2:]) + skip) * _SQRT_HALF
-            h = self.decoder[level](h)
+            h = self.decoder[level](torch.cat([self._resize(h, skip.shape[-2:]), skip], dim=1))
         delta = self.head(h)
         if self.stem_stride > 1:
             delta = F.pixel_shuffle(delta, self.stem_stride)

@@ -275,6 +275,20 @@ class StylizerModule(pl.LightningModule):
         self.log("val/l1", (output - tgt).abs().mean(), on_epoch=True, batch_size=size)
         self.log("val/l1_input", (src - tgt).abs().mean(), on_epoch=True, batch_size=size)
 
+    def on_train_end(self) -> None:
+        """Give every DDP rank rank 0's buffers (batch-norm statistics of F and F_ema).
+
+        DDP broadcasts buffers before each forward, but each rank's last steps update its own
+        copy; without SyncBatchNorm (CPU/gloo has none) the ranks would end with different
+        running statistics. Rank 0's are the ones checkpointed and exported."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        if torch.distributed.get_world_size() < 2:
+            return
+        for module in (self.net, self.net_ema):
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What load_generator needs to rebuild F_ema from a .ckpt without Hydra.
