@@ -253,3 +253,27 @@ def test_bf16_cdsm_and_layer_swap_stay_close_to_float32(source, target_file, tmp
     swap = LayerSwapMixer(source, target_file).render(w)
     swap_half = LayerSwapMixer(source, target_file, bf16=True).render(w)
     assert (swap - swap_half).abs().mean() < 0.03
+
+
+def test_mixers_render_at_the_source_render_size(source, target_file, tmp_path):
+    """A 16 px working size stops every renderer after its 16 px block (render_size=auto):
+    the result is the skip image the full render would have refined."""
+    small = StyleGAN2Generator(
+        None, arch=ARCH, resolution=16, allow_random_init=True, latent_avg_samples=64
+    )
+    assert small.render_size == 16
+    w, code = wplus(4), code_file(tmp_path, 2)
+    for full, early, renderer in [
+        (mixer := cdsm(source, target_file, code), cdsm(small, target_file, code), "renderer"),
+        (LayerSwapMixer(source, target_file), LayerSwapMixer(small, target_file), "generator"),
+    ]:
+        skips = []
+        block = getattr(full, renderer).to_rgbs[1]  # the 16 px ToRGB
+        hook = block.register_forward_hook(lambda _m, _i, out, kept=skips: kept.append(out.clone()))
+        try:
+            assert full.render(w).shape[-1] == 32
+        finally:
+            hook.remove()
+        torch.testing.assert_close(early.render(w), skips[0].clamp(-1, 1))
+    assert mixer.render_size == 32
+    assert NoMixer(small).render(w).shape[-1] == 16

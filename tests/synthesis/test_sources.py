@@ -71,7 +71,7 @@ def test_loaded_generator_renders_like_the_file(rosinality_file):
 
 def test_output_is_resized_to_the_working_resolution():
     big = tiny_source(resolution=32)
-    small = tiny_source(resolution=16)
+    small = tiny_source(resolution=16, render_size=None)
     seeds = torch.tensor([5, 6])
     full, _ = big.sample(seeds)
     resized, _ = small.sample(seeds)
@@ -141,3 +141,26 @@ def test_bf16_renders_close_to_float32():
     (a, wa), (b, wb) = fp32.sample(seeds), bf16.sample(seeds)
     assert torch.equal(wa, wb) and b.dtype == torch.float32
     assert (a - b).abs().mean() < 0.03
+
+
+def test_render_size_stops_at_the_block_above_the_working_resolution():
+    seeds = torch.tensor([1, 2])
+    full = tiny_source(resolution=16, render_size=None)
+    early = tiny_source(resolution=16)  # auto: the 16 px block of the 32 px generator
+    odd = tiny_source(resolution=12)  # auto: still the 16 px block, resized to 12
+    assert (full.render_size, early.render_size, odd.render_size) == (32, 16, 16)
+    wplus = early.latents(seeds)
+    # the early exit is exactly the generator's skip image after its 16 px block
+    skips = []
+    hook = early.generator.to_rgbs[1].register_forward_hook(lambda _m, _i, out: skips.append(out))
+    try:
+        early.generator([wplus], input_is_latent=True, randomize_noise=False)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(early.render(wplus), skips[0].clamp(-1, 1))
+    images, _ = early.sample(seeds)
+    assert images.shape == (2, 3, 16, 16) and odd.sample(seeds)[0].shape == (2, 3, 12, 12)
+    assert full.render(wplus).shape[-1] == 32
+    for bad in (3, 24, 64, "full"):
+        with pytest.raises(ValueError, match="render_size"):
+            tiny_source(render_size=bad)

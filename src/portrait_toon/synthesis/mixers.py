@@ -183,6 +183,7 @@ class CDSMMixer(nn.Module):
             )
         if int(swap_resolution) < 1:
             raise ValueError(f"mixer.swap_resolution must be positive, got {swap_resolution}")
+        self.render_size = src.render_size
         self.mixing_level = int(mixing_level)
         self.swap_resolution = int(swap_resolution)
         self.replace_torgb = bool(replace_torgb)
@@ -316,7 +317,9 @@ class CDSMMixer(nn.Module):
     def render(self, latents: Tensor) -> Tensor:
         """X_cdsm for the source W+ latents [B, n_latent, style_dim]: [-1, 1] images."""
         wplus = latents.to(self.w_c.device, self.renderer.input.input.dtype)
-        images = self.renderer.synthesis_from_styles(self.styles(wplus))
+        images = self.renderer.synthesis_from_styles(
+            self.styles(wplus), max_resolution=self.render_size
+        )
         return images.float().clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:
@@ -364,6 +367,7 @@ class LayerSwapMixer(nn.Module):
             raise ValueError(f"mixer.blend_width must be > 0, got {blend_width}")
         if int(swap_resolution) < 1:
             raise ValueError(f"mixer.swap_resolution must be positive, got {swap_resolution}")
+        self.render_size = src.render_size
         self.swap_resolution = int(swap_resolution)
         self.blend = blend
         self.blend_width = float(blend_width)
@@ -405,7 +409,9 @@ class LayerSwapMixer(nn.Module):
         """The blended generator on the source W+ latents: [-1, 1] images."""
         constant = self.generator.input.input
         wplus = latents.to(constant.device, constant.dtype)
-        images = self.generator.synthesis_from_styles(self.generator.get_styles(wplus))
+        images = self.generator.synthesis_from_styles(
+            self.generator.get_styles(wplus), max_resolution=self.render_size
+        )
         return images.float().clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:
