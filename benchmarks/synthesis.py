@@ -8,7 +8,8 @@ conv/matmul peaks are reported alongside (BENCHMARKS.md protocol).
 Adding a stage: write a `(name, callable)` into `stage_cases` (the callables get the inputs of
 one prepared batch), or a new parts builder in `PARTS` for other generators/mixers/parsers.
 Usage: python benchmarks/synthesis.py [--sizes 128,256] [--batch 16] [--runs 5] [--parts procedural]
-       [--device cpu|cuda] [--bg classical|identity|animegan]
+       [--device cpu|cuda] [--bg classical|identity|animegan] [--render-size auto|full|N]
+       [--train-step [--reuse 1,4]]
 
 The real architectures (section "real networks" below): `--parts stylegan2` builds the FFHQ
 config-f StyleGAN2 (1024 px, resized to each size), a CDSM mixer over a second generator, the
@@ -16,7 +17,9 @@ face-parsing BiSeNet at 512 px and (with `--bg animegan`) AnimeGANv2, all RANDOM
 (no weight files are read; the cost does not depend on the values). `--gen-size`/`--gen-arch`
 shrink the generators (`--gen-arch tiny` = the debug=tiny sizes). `--train-step` adds the time of
 one training step of F (default U-Net + PatchGAN, L1 + shift-tolerant LPIPS + hinge GAN) on the
-synthesized batch and the ratio synthesis / train step (BENCHMARKS.md: <= 0.3).
+synthesized batch and the ratio synthesis / train step (BENCHMARKS.md: <= 0.3); `--reuse 1,4`
+adds the ratio per training step when each synthesized batch serves k steps (data.reuse=k).
+`--render-size full` renders the whole 1024 px image (default auto: up to the working size).
   python benchmarks/synthesis.py --parts stylegan2 --bg animegan --sizes 256,512 --batch 2 \
       --runs 2 --train-step
 """
@@ -67,7 +70,13 @@ GEN_ARCHS: dict[str, dict[str, int]] = {
     "ffhq": {"style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
     "tiny": {"style_dim": 32, "n_mlp": 2, "channel_multiplier": 2, "channel_max": 16},
 }
-REAL_OPTIONS: dict[str, object] = {"gen_size": 1024, "gen_arch": "ffhq", "parse_size": 512}
+REAL_OPTIONS: dict[str, object] = {
+    "gen_size": 1024,
+    "gen_arch": "ffhq",
+    "parse_size": 512,
+    "render_size": "auto",
+}
+REUSE: list[int] = [1]  # data.reuse values the amortised ratio is reported for
 
 
 def stylegan2_parts(resolution: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
@@ -78,8 +87,14 @@ def stylegan2_parts(resolution: int) -> tuple[torch.nn.Module, torch.nn.Module, 
     from portrait_toon.synthesis.sources import StyleGAN2Generator
 
     arch = {"size": int(REAL_OPTIONS["gen_size"]), **GEN_ARCHS[str(REAL_OPTIONS["gen_arch"])]}
+    render_size = REAL_OPTIONS["render_size"]
     generator = StyleGAN2Generator(
-        None, arch=arch, resolution=resolution, allow_random_init=True, latent_avg_samples=256
+        None,
+        arch=arch,
+        resolution=resolution,
+        render_size=None if render_size == "full" else render_size,
+        allow_random_init=True,
+        latent_avg_samples=256,
     )
     mixer = CDSMMixer(
         generator, None, character_code=None, allow_latent_avg_code=True, allow_random_init=True
@@ -151,7 +166,15 @@ def synthesis_vs_train_step(
         step_times.append(time_median(step, runs=1, warmup=0))
     synthesis_ms = 1e3 * statistics.median(synthesis_times)
     step_ms = 1e3 * statistics.median(step_times)
+    amortised = {
+        f"time_ratio with data.reuse={k} (synthesis / k / train step)": round(
+            synthesis_ms / k / step_ms, 3
+        )
+        for k in REUSE
+        if k > 1
+    }
     return {
+        **amortised,
         "synthesis_gflop_per_pair": round(synthesis_flops / batch / 1e9, 2),
         "train_step_gflop_per_pair (F+D, L1+stlpips+hinge, fwd+bwd)": round(
             step_flops / batch / 1e9, 2
@@ -278,9 +301,26 @@ def main() -> None:
     parser.add_argument("--gen-size", type=int, default=1024, help="--parts stylegan2: G size")
     parser.add_argument("--gen-arch", default="ffhq", choices=sorted(GEN_ARCHS))
     parser.add_argument("--parse-size", type=int, default=512, help="--parts stylegan2: BiSeNet")
+    parser.add_argument(
+        "--render-size",
+        default="auto",
+        help="--parts stylegan2: generator.render_size (auto | full | a power of two)",
+    )
     parser.add_argument("--train-step", action="store_true", help="also time F's train step")
+    parser.add_argument(
+        "--reuse", default="1", help="with --train-step: data.reuse values to amortise over"
+    )
     args = parser.parse_args()
-    REAL_OPTIONS.update(gen_size=args.gen_size, gen_arch=args.gen_arch, parse_size=args.parse_size)
+    render_size = args.render_size
+    if render_size not in ("auto", "full"):
+        render_size = int(render_size)
+    REAL_OPTIONS.update(
+        gen_size=args.gen_size,
+        gen_arch=args.gen_arch,
+        parse_size=args.parse_size,
+        render_size=render_size,
+    )
+    REUSE[:] = [int(k) for k in args.reuse.split(",")]
     setup()
     device = torch.device(args.device)
     result: dict[str, object] = {

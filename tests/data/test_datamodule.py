@@ -212,3 +212,50 @@ def test_shards_errors_name_the_problem(tmp_path):
     write_folder(empty, skip={0, 1, 2})
     with pytest.raises(shard_io.ShardsError, match="no finished shards"):
         shards_module(empty).setup()
+
+
+class ReusableFake(FakeSynthesizer):
+    """FakeSynthesizer with PairSynthesizer's two halves; records what it synthesizes."""
+
+    crop_options = {"enabled": True}
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.made: list[list[int]] = []
+
+    def uncropped(self, index, landscapes=None):
+        self.made.append(index.tolist())
+        return self.forward(index, landscapes)
+
+    def cropped(self, pairs, crop_round=0):
+        return {**pairs, "round": crop_round}
+
+
+def reuse_module(**kwargs) -> OnTheFlyDataModule:
+    options = {"batch_size": 3, "base_seed": 0, "landscapes": False, **kwargs}
+    dm = OnTheFlyDataModule(ReusableFake(), **options)
+    dm._rank_world = lambda: (0, 1)
+    return dm
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_reuse_synthesizes_each_batch_once_and_recrops_it(num_workers):
+    dm = reuse_module(reuse=3, num_workers=num_workers)
+    loader = iter(dm.train_dataloader())
+    steps = [dm.on_after_batch_transfer(next(loader), 0) for _ in range(7)]
+    assert [s["index"].tolist() for s in steps] == [[0, 1, 2]] * 3 + [[3, 4, 5]] * 3 + [[6, 7, 8]]
+    assert [s["round"] for s in steps] == [0, 1, 2, 0, 1, 2, 0]
+    assert dm.synthesizer.made == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    # resume: the next batch never seen, from its first round
+    resumed = reuse_module(reuse=3)
+    resumed.load_state_dict(dm.state_dict())
+    batch = next(iter(resumed.train_dataloader()))
+    assert batch["index"].tolist() == [9, 10, 11] and batch["round"].tolist() == [0, 0, 0]
+
+
+def test_reuse_leaves_validation_alone_and_is_checked():
+    dm = reuse_module(reuse=2, val_size=3)
+    batch = next(iter(dm.val_dataloader()))
+    assert "round" not in batch
+    with pytest.raises(ValueError, match="data.reuse"):
+        reuse_module(reuse=0)

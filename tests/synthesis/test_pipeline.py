@@ -219,6 +219,21 @@ def test_crop_applies_identically():
     assert torch.allclose(cropped["src"][outside], cropped["tgt"][outside], atol=1e-6)
 
 
+def test_crop_rounds_recrop_the_same_pairs():
+    synth = make(stylizer=ClassicalToonStylizer(), crop={"scale_range": [0.5, 0.8]})
+    index = torch.tensor([2, 9, 4])
+    pairs = synth.uncropped(index)
+    round0, round1 = synth.cropped(pairs, 0), synth.cropped(pairs, 1)
+    whole = synth(index)
+    for key in ("src", "tgt", "head_mask", "skin_mask"):
+        assert torch.equal(round0[key], whole[key])  # forward = uncropped + cropped(round 0)
+        assert torch.equal(synth(index, crop_round=1)[key], round1[key])
+    assert not torch.allclose(round0["src"], round1["src"])  # another view of each pair
+    # and it is the same pair: the uncropped image under round 1's crop parameters
+    expected = synth.crop(index, [pairs["src"]], crop_round=1)[0].clamp(-1, 1)
+    assert torch.equal(round1["src"], expected)
+
+
 def test_unknown_and_bad_options():
     with pytest.raises(ValueError, match=r"augmentation.cutface: unknown key\(s\) \['prob'\]"):
         make(cutface={"prob": 0.3})

@@ -68,9 +68,12 @@ class _StreamDataset(IterableDataset):
         start_batch: int = 0,
         num_batches: int | None = None,
         position_limit: int | None = None,
+        reuse: int = 1,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
+        # each batch of positions is yielded `reuse` times in a row, with "round" 0..reuse-1
+        self.reuse = int(reuse)
         self.rank = rank
         self.world_size = world_size
         self.start_batch = start_batch
@@ -87,10 +90,14 @@ class _StreamDataset(IterableDataset):
         batch = self.start_batch + worker
         stop = None if self.num_batches is None else self.start_batch + self.num_batches
         while stop is None or batch < stop:
-            for position in stream_positions(batch, self.rank, self.world_size, self.batch_size):
+            unit, crop_round = divmod(batch, self.reuse)
+            for position in stream_positions(unit, self.rank, self.world_size, self.batch_size):
                 if self.position_limit is not None and position >= self.position_limit:
                     return
-                yield self.item(position)
+                item = self.item(position)
+                if self.reuse > 1:
+                    item["round"] = torch.tensor(crop_round, dtype=torch.int64)
+                yield item
             batch += num_workers
 
 
@@ -192,6 +199,12 @@ class OnTheFlyDataModule(_StreamDataModule):
         landscape_dir: user landscape photos for CutFace (None: the built-in ones).
         landscapes: load a landscape crop per pair (only useful when CutFace is on).
         val_size: held-out pairs (indices from HELDOUT_INDEX_BASE) for validation_step.
+        reuse: training steps per synthesized batch (1 = every step new pairs). k > 1 keeps
+            the batch made before the crop and trains k steps on it, each through another
+            random crop/flip of the same pairs (`PairSynthesizer.cropped`): synthesis costs
+            1/k per step. The paper trains on a fixed synthetic set for many epochs (every
+            pair reused); this is the on-the-fly middle ground for slow synthesis (real
+            networks on a CPU or a small GPU). A run resumed mid-batch starts the next one.
     """
 
     def __init__(
@@ -203,8 +216,21 @@ class OnTheFlyDataModule(_StreamDataModule):
         landscape_dir: str | None = None,
         landscapes: bool = True,
         val_size: int = 0,
+        reuse: int = 1,
     ) -> None:
         super().__init__(batch_size, num_workers, val_size)
+        if int(reuse) < 1:
+            raise ValueError(f"data.reuse must be >= 1 (steps per synthesized batch), got {reuse}")
+        self.reuse = int(reuse)
+        crop = getattr(synthesizer, "crop_options", {"enabled": True})
+        if self.reuse > 1 and not crop["enabled"]:
+            log.warning(
+                "data.reuse=%d with augmentation.crop.enabled=false: each batch is trained "
+                "on %d times unchanged",
+                self.reuse,
+                self.reuse,
+            )
+        self._kept: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
         synthesizer_seed = getattr(synthesizer, "base_seed", None)
         if synthesizer_seed is not None and int(synthesizer_seed) != int(base_seed):
             # the loader's landscapes and the synthesizer's pairs must come from one stream
@@ -235,7 +261,7 @@ class OnTheFlyDataModule(_StreamDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_world()
         self._stream_layout = (self.batch_size, world_size)
-        start = self._start_batch(world_size)
+        start = self._start_batch(world_size) * self.reuse
         return self._loader(
             self._dataset(
                 index_base=0,
@@ -243,6 +269,7 @@ class OnTheFlyDataModule(_StreamDataModule):
                 rank=rank,
                 world_size=world_size,
                 start_batch=start,
+                reuse=self.reuse,
             )
         )
 
@@ -269,10 +296,17 @@ class OnTheFlyDataModule(_StreamDataModule):
             # once per device, not per batch: the synthesizer is not part of the model
             self.synthesizer.to(index.device)
             self._synthesizer_device = index.device
-        if self._is_training_batch():
+        training = self._is_training_batch()
+        if training:
             self._note_consumed(int(index[0]))
         with torch.no_grad():
-            return self.synthesizer(index, batch.get("landscape"))
+            if not training or "round" not in batch:
+                return self.synthesizer(index, batch.get("landscape"))
+            # data.reuse > 1: synthesize a batch once, re-crop it on its later rounds
+            key = (int(index[0]), int(index.numel()))
+            if self._kept is None or self._kept[0] != key:
+                self._kept = (key, self.synthesizer.uncropped(index, batch.get("landscape")))
+            return self.synthesizer.cropped(self._kept[1], int(batch["round"][0]))
 
 
 class _ShardStream(_StreamDataset):

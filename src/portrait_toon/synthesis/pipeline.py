@@ -390,12 +390,18 @@ class PairSynthesizer(nn.Module):
             src[pair], tgt[pair], out_head[pair], out_skin[pair] = (t[0] for t in pasted)
         return src, tgt, out_head, out_skin, is_cutface
 
-    def crop(self, index: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Stage 5: the pairs' random scale/crop/flip, identical on every tensor."""
+    def crop(
+        self, index: torch.Tensor, tensors: list[torch.Tensor], crop_round: int = 0
+    ) -> list[torch.Tensor]:
+        """Stage 5: the pairs' random scale/crop/flip, identical on every tensor.
+
+        `crop_round` r > 0 draws another crop of the same pairs (stream `crop.r`): a pair
+        reused for several steps (data.reuse) is seen through a different crop each time."""
         if not self.crop_options["enabled"]:
             return list(tensors)
+        stream = "crop" if crop_round == 0 else f"crop.{int(crop_round)}"
         params = sample_crop_params(
-            pair_seed(self.base_seed, index, "crop"),
+            pair_seed(self.base_seed, index, stream),
             self.crop_options["scale_range"],
             flip=bool(self.crop_options["flip"]),
         )
@@ -407,8 +413,38 @@ class PairSynthesizer(nn.Module):
         index: torch.Tensor,
         landscapes: torch.Tensor | None = None,
         return_stages: bool = False,
+        crop_round: int = 0,
     ) -> dict[str, torch.Tensor]:
-        """Pairs for the int64 indices `index` [B]; see docs/interfaces.md for the keys."""
+        """Pairs for the int64 indices `index` [B]; see docs/interfaces.md for the keys.
+
+        `crop_round`: which of the pairs' random crops (0 = the pair as made once; see
+        `crop`). `uncropped(...)` then `cropped(...)` is the same in two steps, so that the
+        expensive part can be kept and re-cropped."""
+        result = self.uncropped(index, landscapes, return_stages=return_stages)
+        return self.cropped(result, crop_round)
+
+    @torch.no_grad()
+    def cropped(self, uncropped: dict[str, torch.Tensor], crop_round: int = 0) -> dict:
+        """The pairs of `uncropped(...)` through their crop number `crop_round`, clamped."""
+        index_cpu = uncropped["index"].detach().to("cpu", torch.int64)
+        keys = ("src", "tgt", "head_mask", "skin_mask")
+        src, tgt, head, skin = self.crop(index_cpu, [uncropped[k] for k in keys], crop_round)
+        return {
+            **uncropped,
+            "src": src.clamp(-1.0, 1.0),
+            "tgt": tgt.clamp(-1.0, 1.0),
+            "head_mask": head.clamp(0.0, 1.0),
+            "skin_mask": skin.clamp(0.0, 1.0),
+        }
+
+    @torch.no_grad()
+    def uncropped(
+        self,
+        index: torch.Tensor,
+        landscapes: torch.Tensor | None = None,
+        return_stages: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Stages 1-4 (everything but the crop): `forward`'s keys before `cropped`."""
         index = torch.as_tensor(index)
         if index.dim() != 1 or index.dtype.is_floating_point:
             raise ValueError(
@@ -428,13 +464,11 @@ class PairSynthesizer(nn.Module):
         src, tgt, out_head, out_skin, is_cutface = self.cutface(
             index_cpu, photo, corrected, stage_head, stage_skin, labels, landscapes
         )
-        src, tgt, out_head, out_skin = self.crop(index_cpu, [src, tgt, out_head, out_skin])
-
         result = {
-            "src": src.clamp(-1.0, 1.0),
-            "tgt": tgt.clamp(-1.0, 1.0),
-            "head_mask": out_head.clamp(0.0, 1.0),
-            "skin_mask": out_skin.clamp(0.0, 1.0),
+            "src": src,
+            "tgt": tgt,
+            "head_mask": out_head,
+            "skin_mask": out_skin,
             "is_cutface": is_cutface.to(self.device),
             "index": index_cpu.to(self.device),
         }
