@@ -102,6 +102,8 @@ def test_interrupted_run_resumed_with_ckpt_path_last_matches_an_uninterrupted_on
     assert checkpoint(run_dir)["global_step"] == 2
     run_id = (run_dir / train_task.WANDB_RUN_ID_FILE).read_text()
 
+    # W&B names an offline segment's folder by the second it starts: keep the two apart
+    time.sleep(1.1)
     # rerun in its folder with ckpt_path=last: step 3 again, as if nothing had happened, then 4
     resumed = StepRecorder()
     with monkeypatch.context() as patch:
