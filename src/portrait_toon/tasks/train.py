@@ -260,7 +260,7 @@ def save_final_checkpoint(trainer: pl.Trainer) -> Path | None:
     path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     if getattr(callback, "_last_global_step_saved", None) == trainer.global_step and path.exists():
         return path
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # the full state (resumable)
     info("final checkpoint (step %d): %s", trainer.global_step, path)
     return path
 
