@@ -8,8 +8,9 @@ predicts a change to the input.
 
 The layout is the classic one (conv-norm-act pairs per level, skips concatenated into the
 decoder) because it trains fast: an earlier variant with additive skips, 1x1 up-projections and
-zero-gain residual blocks (identity at start, no normalisation) was ~4x slower to learn the
-embedded world's mapping at the same cost and diverged at lr 1e-3.
+zero-gain residual blocks (identity at start, no normalisation) stalled on the embedded world at
+the same cost (held-out L1 ratio 0.95 after 600 steps, where this layout reaches ~0.88 after 500)
+and diverged at lr 1e-3.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ class ConvBlock(nn.Sequential):
         modules: list[nn.Module] = []
         for i in range(layers):
             modules += [
-                nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
+                nn.Conv2d(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    3,
+                    padding=1,
+                    bias=norm == "none",  # a norm's own shift makes a conv bias redundant
+                ),
                 _norm(norm, out_channels),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
