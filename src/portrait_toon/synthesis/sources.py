@@ -255,9 +255,10 @@ class StyleGAN2Generator(nn.Module):
             generator's size.
         render_size: the generator block whose skip image is rendered: "auto" (default) =
             the smallest block at or above `resolution` (FFHQ 1024 at a 512 working size stops
-            after the 512 block: 40 % fewer FLOPs; the 1024 block only adds detail that the
-            resize would average away), None = the full size (the exact upstream image, then
-            resized), or a power of two. Mixers render at the same size.
+            after the 512 block: 40 % fewer FLOPs). That skip image approximates the resized
+            full render (the finer blocks add a residual on top of it; how close it is on the
+            real FFHQ weights is not measured here), None = the full size (the exact upstream
+            image, then resized), or a power of two. Mixers render at the same size.
         latent_avg_samples: z averaged for latent_avg when the file has none.
         allow_random_init: a missing/None checkpoint builds random weights (WARNING logged)
             instead of raising; for smoke tests (debug=tiny) only.
