@@ -127,6 +127,31 @@ def test_whitening_net_is_caught_and_worst_on_dark_skin() -> None:
     assert result["skin_ita_shift_mean"] > 30
 
 
+def test_l1_is_split_into_head_and_background() -> None:
+    batch = skin_batch([0.0, 30.0])
+    head = batch["head_mask"]
+    expected_background = float(
+        ((batch["src"] - batch["tgt"]).abs().mean(1, keepdim=True) * (1 - head)).sum()
+        / (1 - head).sum()
+    )
+
+    class FixesBackgroundOnly(Identity):
+        """Exact outside the head, off by 0.1 inside it."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return batch["tgt"] * (1 - head) + (x - 0.1) * head
+
+    identity = evaluate_stylizer(Identity(), [batch])
+    assert identity["l1_head_input_target"] == 0  # the target keeps the head as is
+    assert identity["l1_background_input_target"] == pytest.approx(expected_background)
+    assert expected_background > 0.1
+    assert identity["l1_background_output_target"] == pytest.approx(expected_background)
+    fixed = evaluate_stylizer(FixesBackgroundOnly(), [batch])
+    assert fixed["l1_head_output_target"] == pytest.approx(0.1)
+    assert fixed["l1_background_output_target"] == 0
+    assert fixed["l1_background_input_target"] == pytest.approx(expected_background)
+
+
 def test_background_is_measured_against_b_of_x() -> None:
     batch = skin_batch([0.0, 30.0])
 

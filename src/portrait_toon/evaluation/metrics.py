@@ -95,6 +95,9 @@ def evaluate_stylizer(
 
     Returns:
         l1_output_target, l1_input_target: mean |F(x) - y| and |x - y| over all pixels.
+        l1_head_output_target, l1_head_input_target, l1_background_output_target,
+            l1_background_input_target: the same means inside the head mask (weighted by it)
+            and outside it (weighted by 1 - mask), over all images: where F learned what.
         skin_delta_e00_mean: mean over skin-tone bins of the per-bin mean ΔE00 between the
             input's and the output's mean skin Lab (images binned by the input's ITA).
         skin_delta_e00_by_bin: bin name -> that per-bin mean (bins with images only).
@@ -112,6 +115,8 @@ def evaluate_stylizer(
     net.eval()
 
     l1_output, l1_input, counted = 0.0, 0.0, 0
+    # region -> [sum |F(x) - y| * w, sum |x - y| * w, sum w] with w the head mask or 1 - it
+    regional = {"head": [0.0, 0.0, 0.0], "background": [0.0, 0.0, 0.0]}
     skin_by_bin: dict[str, list[float]] = {}
     ita_shifts: list[float] = []
     background_scores: list[float] = []
@@ -127,6 +132,14 @@ def evaluate_stylizer(
             l1_output += float((output - tgt).abs().mean(dim=(1, 2, 3)).sum())
             l1_input += float((src - tgt).abs().mean(dim=(1, 2, 3)).sum())
             counted += size
+            head = batch["head_mask"].to(device).float()
+            out_error = (output - tgt).abs().mean(dim=1, keepdim=True)
+            in_error = (src - tgt).abs().mean(dim=1, keepdim=True)
+            for name, weight in (("head", head), ("background", 1.0 - head)):
+                sums = regional[name]
+                sums[0] += float((out_error * weight).sum())
+                sums[1] += float((in_error * weight).sum())
+                sums[2] += float(weight.sum())
 
             # Skin: input vs output mean colour over the source skin mask.
             src_lab, out_lab = rgb_to_lab(src), rgb_to_lab(output)
@@ -167,6 +180,11 @@ def evaluate_stylizer(
     return {
         "l1_output_target": l1_output / counted,
         "l1_input_target": l1_input / counted,
+        **{
+            f"l1_{name}_{pair}": (sums[slot] / sums[2] if sums[2] > 0 else nan)
+            for name, sums in regional.items()
+            for slot, pair in ((0, "output_target"), (1, "input_target"))
+        },
         "skin_delta_e00_mean": sum(by_bin.values()) / len(by_bin) if by_bin else nan,
         "skin_delta_e00_by_bin": by_bin,
         "skin_count_by_bin": {name: len(skin_by_bin[name]) for name in by_bin},

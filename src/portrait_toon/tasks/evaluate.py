@@ -112,16 +112,29 @@ def evaluate_heldout(
     finally:
         net.train(was_training)
     log.info(
-        "held-out metrics (%d images, step %d): L1(F(x), y) = %.4f vs L1(x, y) = %.4f; "
-        "skin dE00 = %.2f -> %s",
+        "held-out metrics (%d images, step %d): L1(F(x), y) = %.4f vs L1(x, y) = %.4f "
+        "(head %.4f vs %.4f, background %.4f vs %.4f); skin dE00 = %.2f -> %s",
         metrics.get("num_images", 0),
         steps,
-        metrics.get("l1_output_target", float("nan")),
-        metrics.get("l1_input_target", float("nan")),
-        metrics.get("skin_delta_e00_mean", float("nan")),
+        *_l1_pairs(metrics),
+        _number(metrics.get("skin_delta_e00_mean")),
         output_dir / METRICS_FILE,
     )
     return metrics
+
+
+def _number(value: Any) -> float:
+    """A metric for a log line: None (nothing measured) prints as nan."""
+    return float("nan") if value is None else float(value)
+
+
+def _l1_pairs(metrics: dict[str, Any]) -> list[float]:
+    """(output, input) L1 to the target for the whole image, the head and the background."""
+    return [
+        _number(metrics.get(f"l1_{region}{pair}"))
+        for region in ("", "head_", "background_")
+        for pair in ("output_target", "input_target")
+    ]
 
 
 def _report_rows(
