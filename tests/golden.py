@@ -101,3 +101,37 @@ def sha256_mismatches(state: dict[str, torch.Tensor], fingerprints: str) -> list
 def load_golden(path: str | Path) -> dict:
     """A golden file: a flat dict of tensors, ints and strings, loaded safely."""
     return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def zeros_from_manifest(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict of zeros with every key, shape and dtype of a manifest, in its key order."""
+    manifest = json.loads(Path(path).read_text())
+    entries = _manifest_entries(manifest)
+    return {
+        key: torch.zeros(entries[key]["shape"], dtype=getattr(torch, entries[key]["dtype"]))
+        for key in manifest["state_dict_key_order"]
+    }
+
+
+def center_crop(actual: torch.Tensor, golden: dict, key: str) -> torch.Tensor:
+    """The window of `actual` that the golden file stores as `<key>.crop`."""
+    crop = golden[f"{key}.crop"]
+    top, left = golden[f"{key}.crop_top_left"].tolist()
+    return actual[..., top : top + crop.shape[-2], left : left + crop.shape[-1]]
+
+
+def check_stats(actual: torch.Tensor, golden: dict, key: str, *, atol: float, rtol: float) -> None:
+    """Shape, per-channel mean/std (population), global mean/abs-max and, where stored, the
+    centre crop of `actual` against the golden statistics `<key>.*` (README section 4);
+    `atol`/`rtol` are the network's tolerance for the abs-max and the crop."""
+    assert list(actual.shape) == golden[f"{key}.shape"].tolist(), key
+    a64 = actual.double()
+    torch.testing.assert_close(a64.mean(dim=(2, 3)), golden[f"{key}.nc_mean"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        a64.std(dim=(2, 3), unbiased=False), golden[f"{key}.nc_std"], atol=1e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(a64.mean(), golden[f"{key}.global_mean"], atol=1e-5, rtol=0)
+    tol = {"atol": atol, "rtol": rtol}
+    torch.testing.assert_close(a64.abs().max(), golden[f"{key}.global_absmax"], **tol)
+    if f"{key}.crop" in golden:
+        torch.testing.assert_close(center_crop(actual, golden, key), golden[f"{key}.crop"], **tol)

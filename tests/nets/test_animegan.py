@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from golden import fill_state_dict, load_golden, sha256_mismatches
+from golden import check_stats as golden_stats
+from golden import fill_state_dict, load_golden, sha256_mismatches, zeros_from_manifest
 
 from portrait_toon.checkpoints import load_into
 from portrait_toon.nets.animegan import Generator
@@ -19,29 +20,8 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}  # golden README section 4, full float32 tens
 TOL_F16 = {"atol": 1e-4, "rtol": 1e-3}  # against float16-stored tensors
 
 
-def zeros_from_manifest(path) -> dict[str, torch.Tensor]:
-    manifest = json.loads(path.read_text())
-    entries = {**manifest["params"], **manifest["buffers"]}
-    return {
-        key: torch.zeros(entries[key]["shape"], dtype=getattr(torch, entries[key]["dtype"]))
-        for key in manifest["state_dict_key_order"]
-    }
-
-
 def check_stats(actual: torch.Tensor, golden: dict, key: str) -> None:
-    assert list(actual.shape) == golden[f"{key}.shape"].tolist(), key
-    a64 = actual.double()
-    torch.testing.assert_close(a64.mean(dim=(2, 3)), golden[f"{key}.nc_mean"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(
-        a64.std(dim=(2, 3), unbiased=False), golden[f"{key}.nc_std"], atol=1e-5, rtol=1e-4
-    )
-    torch.testing.assert_close(a64.mean(), golden[f"{key}.global_mean"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(a64.abs().max(), golden[f"{key}.global_absmax"], **TOL)
-    if f"{key}.crop" in golden:
-        crop = golden[f"{key}.crop"]
-        top, left = golden[f"{key}.crop_top_left"].tolist()
-        window = actual[..., top : top + crop.shape[-2], left : left + crop.shape[-1]]
-        torch.testing.assert_close(window, crop, **TOL)
+    golden_stats(actual, golden, key, **TOL)
 
 
 def test_manifest_zero_state_dict_loads_strict(manifests_dir):

@@ -482,7 +482,10 @@ def test_tiny_generator_backward_matches_reference() -> None:
     assert set(fast) == {n for n, _ in g.named_parameters()}
     for name in ref:
         assert torch.isfinite(fast[name]).all(), name
-        torch.testing.assert_close(fast[name], ref[name], atol=1e-5, rtol=1e-3, msg=name)
+        # fp32 sums in another order (the grouped conv vs the reference's loop; AVX2 vs
+        # AVX-512 kernels) differ by up to ~6e-5 on the noise/bias gradients, which are sums
+        # over every pixel with cancellation
+        torch.testing.assert_close(fast[name], ref[name], atol=2e-4, rtol=1e-3, msg=name)
     assert fast["convs.7.noise.weight"].abs() > 0 and fast["style.1.weight"].abs().sum() > 0
 
 

@@ -65,7 +65,7 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_run_writes_checkpoint_metrics_report_and_stylizer(tiny_run):
     from portrait_toon.data.images import read_image
-    from portrait_toon.inference.export import load_stylizer
+    from portrait_toon.utils.generator_file import load_stylizer
 
     output_dir, metrics = tiny_run
     assert (output_dir / "checkpoints" / "last.ckpt").is_file()

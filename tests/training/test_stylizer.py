@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from portrait_toon.nets.patchgan import MultiScalePatchGAN
 from portrait_toon.nets.unet import UNet
 from portrait_toon.training.stylizer import CosineSchedule, StylizerModule
-from portrait_toon.utils.generator_file import GeneratorFileError, load_generator
+from portrait_toon.utils.generator_file import StylizerLoadError, load_stylizer
 
 SIZE = 32
 
@@ -144,11 +144,11 @@ def test_checkpoint_resumes_to_the_same_losses(tmp_path: Path) -> None:
     assert state["stylizer"]["net_target"] == "portrait_toon.nets.unet.UNet"
 
 
-def test_export_and_reload_generator(tmp_path: Path) -> None:
+def test_export_and_reload_stylizer(tmp_path: Path) -> None:
     module = tiny_module()
     trainer(3, tmp_path).fit(module, datamodule=FixedPairsData())
     path = module.export_generator(tmp_path / "stylizer.pt")
-    net = load_generator(path)
+    net = load_stylizer(path)
     x = FixedPairs().src[:2]
     with torch.no_grad():
         torch.testing.assert_close(net(x), module.net_ema(x))
@@ -161,7 +161,7 @@ def test_load_generator_from_training_checkpoint(tmp_path: Path) -> None:
     fit = trainer(2, tmp_path)
     fit.fit(module, datamodule=FixedPairsData())
     fit.save_checkpoint(tmp_path / "last.ckpt")
-    net = load_generator(tmp_path / "last.ckpt")
+    net = load_stylizer(tmp_path / "last.ckpt")
     x = FixedPairs().src[:1]
     with torch.no_grad():
         torch.testing.assert_close(net(x), module.net_ema(x))
@@ -176,8 +176,8 @@ def test_generator_file_refuses_foreign_targets(tmp_path: Path) -> None:
         "meta": {},
     }
     torch.save(payload, tmp_path / "evil.pt")
-    with pytest.raises(GeneratorFileError, match="only classes under portrait_toon.nets"):
-        load_generator(tmp_path / "evil.pt")
+    with pytest.raises(StylizerLoadError, match="outside the allowed packages"):
+        load_stylizer(tmp_path / "evil.pt")
 
 
 def test_cosine_schedule() -> None:

@@ -32,7 +32,7 @@ from portrait_toon.data.images import (
     to_uint8,
     write_image,
 )
-from portrait_toon.inference.export import load_stylizer
+from portrait_toon.utils.generator_file import load_stylizer
 
 __all__ = [
     "PRECISIONS",

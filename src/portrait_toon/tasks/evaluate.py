@@ -150,12 +150,12 @@ def _report_rows(
 def export_stylizer(model: nn.Module, path: str | Path) -> Path:
     """Write F_ema as the standalone file stylize.py loads (`ckpt=<run>/stylizer.pt`).
 
-    The training module's own `export_generator` knows its network; the generic writer of
-    inference/export.py is the fallback for modules without one.
+    The training module's own `export_generator` knows its network; the generic writer
+    (utils/generator_file.py) is the fallback for modules without one.
     """
     if hasattr(model, "export_generator"):
         return Path(model.export_generator(path))
-    from portrait_toon.inference.export import save_stylizer
+    from portrait_toon.utils.generator_file import save_stylizer
 
     ema = model.net_ema
     return save_stylizer(path, getattr(ema, "module", ema))
@@ -164,7 +164,7 @@ def export_stylizer(model: nn.Module, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """`python evaluate.py`: load F_ema from a run/checkpoint, evaluate, write into this run."""
-    from portrait_toon.inference.export import load_stylizer
+    from portrait_toon.utils.generator_file import load_stylizer
 
     config.apply_set_if_present(cfg)
     config.validate(cfg)

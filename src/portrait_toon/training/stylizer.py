@@ -20,7 +20,7 @@ from torch import nn
 
 from portrait_toon.training.ema import ExponentialMovingAverage
 from portrait_toon.training.losses import LossConfig, StylizerLoss
-from portrait_toon.utils.generator_file import network_spec, save_generator
+from portrait_toon.utils.generator_file import net_config, net_target, save_stylizer
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class StylizerModule(pl.LightningModule):
                 f"optim.scheduler={self.optim_config['scheduler']!r} is not 'none' or 'cosine'"
             )
         self.net_ema = ExponentialMovingAverage(self.net, decay=ema_decay, warmup=ema_warmup)
-        self.net_target, self.net_config = network_spec(self.net)
+        self.net_target, self.net_config = net_target(self.net), net_config(self.net)
         if loss_config.uses_adversarial and self.discriminator is None:
             raise ValueError(
                 "loss.adv is on but no discriminator was given (set loss.adv.weight=0)"
@@ -291,7 +291,7 @@ class StylizerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # What load_generator needs to rebuild F_ema from a .ckpt without Hydra.
+        # What load_stylizer needs to rebuild F_ema from a .ckpt without Hydra.
         checkpoint["stylizer"] = {
             "format_version": 1,
             "net_target": self.net_target,
@@ -301,10 +301,10 @@ class StylizerModule(pl.LightningModule):
     def export_generator(self, path: str | Path) -> Path:
         """Save F_ema (weights + constructor config) as a small standalone file.
 
-        Rebuild it with `portrait_toon.utils.generator_file.load_generator(path)`.
+        Rebuild it with `portrait_toon.utils.generator_file.load_stylizer(path)`.
         """
         meta = {"global_step": int(self.global_step) if self._trainer else 0, "ema": True}
-        path = save_generator(path, self.net_ema.module, meta=meta)
+        path = save_stylizer(path, self.net_ema.module, self.net_config, meta=meta)
         log.info("exported F_ema (%s) to %s", self.net_target, path)
         return path
 
