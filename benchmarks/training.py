@@ -2,7 +2,8 @@
 
 Train step (CPU, batch 8 by default) at 128 and 256 px: the on-the-fly synthesis of a batch
 (embedded world + classical background stylizer) and F/D's work split into L1 only, + the
-shift-tolerant LPIPS (at its `max_size`), + the GAN (G's adversarial term and D's step); total
+shift-tolerant LPIPS (at its `max_size`), + the GAN (G's adversarial term and D's step), in
+channels_last as training runs (plus the L1 step in the contiguous layout for comparison); total
 ms per step, pairs/s and the synthesis share. Inference: ms per image, GFLOP and % of the
 same-run conv peak for F (default U-Net) and for the AnimeGANv2 architecture at 256/512/1024,
 each in its faster memory format, and their time ratio (BENCHMARKS.md: F <= 0.5x AnimeGANv2
@@ -52,10 +53,17 @@ def build_synthesizer(resolution: int) -> tuple[torch.nn.Module | None, str]:
 class TrainStep:
     """One StylizerModule step without Lightning: G forward/backward/Adam, optional D step."""
 
-    def __init__(self, perceptual: bool, gan: bool, max_size: int | None) -> None:
+    def __init__(
+        self, perceptual: bool, gan: bool, max_size: int | None, channels_last: bool = True
+    ) -> None:
         torch.manual_seed(0)
         self.net = UNet()
         self.discriminator = MultiScalePatchGAN() if gan else None
+        # what StylizerModule(channels_last=True) does
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        for network in (self.net, self.discriminator):
+            if network is not None:
+                network.to(memory_format=self.memory_format)
         loss = {
             "l1": 1.0,
             "perceptual": {"kind": "stlpips" if perceptual else "none", "max_size": max_size},
@@ -70,6 +78,8 @@ class TrainStep:
         )
 
     def __call__(self, src: torch.Tensor, tgt: torch.Tensor) -> None:
+        src = src.contiguous(memory_format=self.memory_format)
+        tgt = tgt.contiguous(memory_format=self.memory_format)
         output = self.net(src)
         logits = None
         if self.discriminator is not None:
@@ -109,6 +119,8 @@ def bench_train(size: int, batch: int, runs: int, max_size: int | None) -> dict:
         tgt = (0.8 * src.flip(1)).clamp(-1, 1)
     variants = {
         "l1": TrainStep(perceptual=False, gan=False, max_size=None),
+        # the same step in the contiguous (NCHW) layout: what channels_last saves
+        "l1_contiguous": TrainStep(perceptual=False, gan=False, max_size=None, channels_last=False),
         "l1_stlpips": TrainStep(perceptual=True, gan=False, max_size=max_size),
         "l1_stlpips_gan": TrainStep(perceptual=True, gan=True, max_size=max_size),
         "l1_gan": TrainStep(perceptual=False, gan=True, max_size=None),
