@@ -221,7 +221,8 @@ def test_lightning_checkpoint_of_the_training_module_loads_ema(tmp_path: Path) -
     loaded = load_stylizer(path)  # weights_only=True on Lightning's own file
     x = to_tensor(photo(32, 48))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), module.net_ema.module(x), rtol=0, atol=0)
+        # the module runs channels_last, the loaded net NCHW: other kernels, same function
+        torch.testing.assert_close(loaded(x), module.net_ema.module(x), rtol=0, atol=1e-5)
         assert not torch.allclose(loaded(x), module.net(x))  # the EMA, not the raw net
 
 
