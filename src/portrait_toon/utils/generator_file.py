@@ -19,11 +19,11 @@ from __future__ import annotations
 import datetime
 import importlib
 import inspect
+import io
 import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from portrait_toon.checkpoints import CheckpointError, load_into, load_state_dict_file
+from portrait_toon.utils.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -155,35 +156,28 @@ def save_stylizer(
     for key, value in net.state_dict().items():
         value = value.detach().to("cpu", copy=True)
         state[key] = (value.float() if value.is_floating_point() else value).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    os.close(descriptor)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import save_file
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save
 
-            header = {
-                "format": GENERATOR_FORMAT,
-                "target": target,
-                "config": json.dumps(plain_config),
-                "meta": json.dumps(info),
-            }
-            save_file(state, temp_name, metadata=header)
-        else:
-            payload = {
-                "format": GENERATOR_FORMAT,
-                "target": target,
-                "config": plain_config,
-                "state_dict": state,
-                "meta": info,
-            }
-            torch.save(payload, temp_name)
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+        header = {
+            "format": GENERATOR_FORMAT,
+            "target": target,
+            "config": json.dumps(plain_config),
+            "meta": json.dumps(info),
+        }
+        data = save(state, metadata=header)
+    else:
+        payload = {
+            "format": GENERATOR_FORMAT,
+            "target": target,
+            "config": plain_config,
+            "state_dict": state,
+            "meta": info,
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+    atomic_write_bytes(path, data)
     logger.info("saved stylizer %s(%s) to %s", target, plain_config, path)
     return path
 
