@@ -3,9 +3,10 @@
 Train step (CPU, batch 8 by default) at 128 and 256 px: the on-the-fly synthesis of a batch
 (embedded world + classical background stylizer) and F/D's work split into L1 only, + the
 shift-tolerant LPIPS (at its `max_size`), + the GAN (G's adversarial term and D's step), in
-channels_last as training runs (plus the L1 step in the contiguous layout for comparison); total
-ms per step, pairs/s and the synthesis share. Inference: ms per image, GFLOP and % of the
-same-run conv peak for F (default U-Net) and for the AnimeGANv2 architecture at 256/512/1024,
+channels_last as training runs (plus the L1 step in the contiguous layout, and without the
+colour look-up table, for comparison); total ms per step, pairs/s and the synthesis share.
+Inference: ms per image, GFLOP and % of the same-run conv peak for F (default U-Net with its
+colour look-up table) and for the AnimeGANv2 architecture at 256/512/1024,
 each in its faster memory format, and their time ratio (BENCHMARKS.md: F <= 0.5x AnimeGANv2
 at 512^2).
 
@@ -25,6 +26,9 @@ from portrait_toon.nets.animegan import Generator
 from portrait_toon.nets.patchgan import MultiScalePatchGAN
 from portrait_toon.nets.unet import UNet
 from portrait_toon.training.losses import StylizerLoss
+
+# conf/model/stylizer_unet.yaml: the default F carries a 33^3 colour look-up table
+COLOR_LUT = 33
 
 
 def build_synthesizer(resolution: int) -> tuple[torch.nn.Module | None, str]:
@@ -54,10 +58,15 @@ class TrainStep:
     """One StylizerModule step without Lightning: G forward/backward/Adam, optional D step."""
 
     def __init__(
-        self, perceptual: bool, gan: bool, max_size: int | None, channels_last: bool = True
+        self,
+        perceptual: bool,
+        gan: bool,
+        max_size: int | None,
+        channels_last: bool = True,
+        color_lut: int = COLOR_LUT,
     ) -> None:
         torch.manual_seed(0)
-        self.net = UNet()
+        self.net = UNet(color_lut=color_lut)
         self.discriminator = MultiScalePatchGAN() if gan else None
         # what StylizerModule(channels_last=True) does
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -121,6 +130,8 @@ def bench_train(size: int, batch: int, runs: int, max_size: int | None) -> dict:
         "l1": TrainStep(perceptual=False, gan=False, max_size=None),
         # the same step in the contiguous (NCHW) layout: what channels_last saves
         "l1_contiguous": TrainStep(perceptual=False, gan=False, max_size=None, channels_last=False),
+        # without the colour look-up table: what the table costs
+        "l1_no_color_lut": TrainStep(perceptual=False, gan=False, max_size=None, color_lut=0),
         "l1_stlpips": TrainStep(perceptual=True, gan=False, max_size=max_size),
         "l1_stlpips_gan": TrainStep(perceptual=True, gan=True, max_size=max_size),
         "l1_gan": TrainStep(perceptual=False, gan=True, max_size=None),
@@ -138,7 +149,10 @@ def bench_train(size: int, batch: int, runs: int, max_size: int | None) -> dict:
 
 
 def bench_inference(sizes: list[int], runs: int, conv_peak: float) -> dict:
-    nets: dict[str, Callable[[], torch.nn.Module]] = {"F_unet": UNet, "animeganv2": Generator}
+    nets: dict[str, Callable[[], torch.nn.Module]] = {
+        "F_unet": lambda: UNet(color_lut=COLOR_LUT),
+        "animeganv2": Generator,
+    }
     result: dict = {}
     for size in sizes:
         row = {}

@@ -472,16 +472,49 @@ def test_exported_program_takes_dynamic_sizes(net: UNet) -> None:
             torch.testing.assert_close(program(x), net(x))
 
 
-def test_onnx_export(tmp_path: Path, net: UNet) -> None:
+def lut_unet() -> UNet:
+    """`tiny_unet` with a randomised colour look-up table on its output."""
+    torch.manual_seed(1)
+    net = UNet(**TINY_UNET, color_lut=9)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return net.eval()
+
+
+def test_exported_program_with_color_lut_takes_dynamic_sizes() -> None:
+    net = lut_unet()
+    program = export_program(net, (32, 48)).module()
+    x = to_tensor(photo(64, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), net(x))
+
+
+@pytest.mark.parametrize("with_lut", [False, True], ids=["plain", "color_lut"])
+def test_onnx_export(tmp_path: Path, net: UNet, with_lut: bool) -> None:
+    net = lut_unet() if with_lut else net
     try:
-        import onnx  # noqa: F401
+        import onnx
         import onnxscript  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install onnx onnxscript"):
             export_onnx(net, tmp_path / "f.onnx", (32, 32))
         pytest.skip("onnx/onnxscript not installed: checked the install hint only")
     path = export_onnx(net, tmp_path / "f.onnx", (32, 32))
-    assert path.stat().st_size > 1000
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    if with_lut:  # the 3-D GridSample exists from opset 20 on
+        assert "GridSample" in {node.op_type for node in model.graph.node}
+        assert max(entry.version for entry in model.opset_import if entry.domain == "") >= 20
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(str(path))
+    x = to_tensor(photo(64, 96))
+    (output,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(output), net(x), atol=1e-5, rtol=1e-4)
 
 
 def test_library_never_prints(tmp_path: Path, net: UNet, capsys) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from portrait_toon.nets.unet import UNet
+from portrait_toon.nets.unet import ColorLUT, UNet
 
 
 def tiny(**kwargs) -> UNet:
@@ -102,6 +102,8 @@ def test_normalised_variants_run(norm: str) -> None:
         ({"stem_stride": 4}, "stem_stride=4"),
         ({"out_channels": 1}, "residual=True needs"),
         ({"upsample": "transposed"}, "upsample='transposed'"),
+        ({"color_lut": 1}, "color_lut=1"),
+        ({"color_lut": 9, "residual": False, "out_channels": 1}, "color_lut needs"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs: dict, message: str) -> None:
@@ -118,3 +120,60 @@ def test_default_is_light() -> None:
         net(x)
     gflop_512 = counter.get_total_flops() * 16 / 1e9
     assert 10 < gflop_512 < 80
+
+
+# ------------------------------------------------------------------------ colour look-up table
+
+
+def test_color_lut_starts_as_identity_and_keeps_any_size() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 37, 23) * 2 - 1
+    torch.testing.assert_close(ColorLUT(17)(x), x, atol=1e-5, rtol=0)
+    net = tiny(color_lut=9)
+    torch.testing.assert_close(net(x), x, atol=1e-5, rtol=0)
+    assert net.config["color_lut"] == 9 and UNet(**net.config).color_lut.size == 9
+    # channels_last nets (the training default) convert the table too and give the same output
+    fast = net.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        fast(x.contiguous(memory_format=torch.channels_last)), x, atol=1e-5, rtol=0
+    )
+
+
+def test_color_lut_matches_trilinear_interpolation_of_its_nodes() -> None:
+    torch.manual_seed(0)
+    lut = ColorLUT(5)
+    with torch.no_grad():
+        lut.table.normal_()
+    # nodes sit at -1, -0.5, 0, 0.5, 1: a query on a node returns that node's colour
+    table = lut.table  # [3, blue, green, red]
+    on_node = torch.tensor([-0.5, 0.0, 1.0]).view(1, 3, 1, 1)  # r, g, b
+    torch.testing.assert_close(lut(on_node)[0, :, 0, 0], table[:, 4, 2, 1])
+    # half-way between two red nodes: the mean of both
+    between = torch.tensor([-0.25, 0.0, 1.0]).view(1, 3, 1, 1)
+    expected = 0.5 * (table[:, 4, 2, 1] + table[:, 4, 2, 2])
+    torch.testing.assert_close(lut(between)[0, :, 0, 0], expected)
+
+
+def test_color_lut_updates_only_nodes_near_the_seen_colours() -> None:
+    lut = ColorLUT(9)
+    colours = torch.full((1, 3, 4, 4), -0.9)  # one dark grey, between the first two nodes
+    (lut(colours) - 1.0).abs().mean().backward()
+    touched = lut.table.grad.abs().sum(0) > 0  # [blue, green, red]
+    assert touched[:2, :2, :2].all() and int(touched.sum()) == 8
+
+
+def test_color_lut_learns_posterization_quickly() -> None:
+    # The toon filter's bands: a staircase of brightness. A LUT alone fits it in 200 steps.
+    torch.manual_seed(0)
+    grey = torch.rand(4096).view(1, 1, 64, 64) * 2 - 1
+    x = grey.expand(1, 3, 64, 64)
+    target = (torch.round(x * 4) / 4).clamp(-1, 1)
+    lut = ColorLUT(33)
+    optimizer = torch.optim.Adam(lut.parameters(), lr=1e-2)
+    before = (lut(x) - target).abs().mean().item()
+    for _ in range(200):
+        optimizer.zero_grad()
+        (lut(x) - target).abs().mean().backward()
+        optimizer.step()
+    after = (lut(x) - target).abs().mean().item()
+    assert after < 0.25 * before

@@ -53,7 +53,8 @@ def export_onnx(
     multiples of the net's `pad_multiple`; output `stylized`, same shape).
 
     Needs the optional packages onnx and onnxscript; without them this raises ImportError
-    saying how to install them.
+    saying how to install them. A net with a colour look-up table (`UNet(color_lut=...)`) is
+    exported at opset 20 at least: its 3-D `GridSample` needs it.
     """
     try:
         import onnx  # noqa: F401
@@ -63,6 +64,8 @@ def export_onnx(
             f"ONNX export needs the optional packages onnx and onnxscript ({error}); "
             f"install them with `{ONNX_INSTALL_HINT}`"
         ) from None
+    if getattr(net, "color_lut", None) is not None:
+        opset = max(opset, 20)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(net, example_size)

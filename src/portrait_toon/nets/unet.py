@@ -4,7 +4,8 @@ The input is reflect-padded to a multiple of `pad_multiple` and the output cropp
 H x W works. Cheap on CPU by design: a lossless pixel-unshuffle stem runs the whole network at
 half resolution, down-sampling is a 2x2 average (no aliasing, no parameters), up-sampling is a
 bilinear resize before the decoder convs (no transposed convs, no checkerboards), and the output
-predicts a change to the input.
+predicts a change to the input. An optional learned 3-D colour look-up table (`ColorLUT`) on the
+output learns colour-to-colour remaps (a toon filter's posterization) that the convs learn slowly.
 
 The layout is the classic one (conv-norm-act pairs per level, skips concatenated into the
 decoder) because it trains fast: an earlier variant with additive skips, 1x1 up-projections and
@@ -71,6 +72,47 @@ def _clamp_straight_through(y: torch.Tensor) -> torch.Tensor:
     return y + (y.clamp(-1.0, 1.0) - y).detach()
 
 
+class ColorLUT(nn.Module):
+    """A learned 3-D colour look-up table: `forward(y [B,3,H,W] in [-1,1]) -> remapped colours`.
+
+    `size`^3 RGB nodes on [-1, 1]^3, each holding an output colour, read with trilinear
+    interpolation (after Zeng et al., "Learning Image-adaptive 3D Lookup Tables", TPAMI 2020).
+    Initialised to the identity. A node only moves with the pixels whose colour falls next to
+    it, so a colour-to-colour mapping with many sharp turns (the toon filter's luminance bands:
+    a sawtooth of lightness) is learned in a few hundred steps, where a small conv net learns
+    it very slowly (spectral bias). Pointwise: tiles and whole images agree.
+    """
+
+    def __init__(self, size: int = 33) -> None:
+        super().__init__()
+        if size < 2:
+            raise ValueError(f"ColorLUT size={size} must be >= 2 (nodes per colour axis)")
+        axis = torch.linspace(-1.0, 1.0, size)
+        blue, green, red = torch.meshgrid(axis, axis, axis, indexing="ij")
+        # [3, n, n, n]: output (R, G, B) indexed (blue, green, red), grid_sample's volume
+        # layout without its batch axis (a 4-D parameter, so `.to(memory_format=...)` on the
+        # whole net works).
+        self.table = nn.Parameter(torch.stack([red, green, blue]))
+
+    @property
+    def size(self) -> int:
+        return self.table.shape[-1]
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = y.shape
+        # The batch becomes the depth axis of one 3-D query grid: one grid_sample call.
+        # Read in the table's precision (fp32 under bf16 autocast: a bf16 table would snap its
+        # colours to 1/256 steps), returned in the input's dtype.
+        grid = y.permute(0, 2, 3, 1).reshape(1, batch, height, width, 3).to(self.table.dtype)
+        out = F.grid_sample(
+            self.table[None], grid, mode="bilinear", padding_mode="border", align_corners=True
+        )
+        return out[0].permute(1, 0, 2, 3).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad H and W up to `multiple`, split evenly; reflect where the image is big enough."""
     height, width = x.shape[-2:]
@@ -114,6 +156,10 @@ class UNet(nn.Module):
             zero, so F starts as the identity (targets share the inputs' colours and layout).
             Otherwise y = tanh(head(h)).
         upsample: "bilinear" or "nearest" resize before the decoder convs.
+        color_lut: nodes per axis of a learned 3-D colour look-up table (`ColorLUT`) applied
+            to the output; 0 = none. It learns colour remaps such as a toon filter's
+            posterization far faster than the convs do (demo pool: held-out L1 ratio 0.65 vs
+            0.78 after 1000 steps); at 33 it adds ~6% to a 128 px CPU training step.
     """
 
     def __init__(
@@ -129,6 +175,7 @@ class UNet(nn.Module):
         stem_stride: int = 2,
         residual: bool = True,
         upsample: str = "bilinear",
+        color_lut: int = 0,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -148,6 +195,10 @@ class UNet(nn.Module):
             raise ValueError(f"UNet norm={norm!r} is not one of {NORMS}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"UNet upsample={upsample!r} is not one of {UPSAMPLE_MODES}")
+        if color_lut < 0 or color_lut == 1:
+            raise ValueError(f"UNet color_lut={color_lut} must be 0 (off) or >= 2 (nodes per axis)")
+        if color_lut and out_channels != 3:
+            raise ValueError(f"UNet color_lut needs out_channels == 3 (RGB), got {out_channels}")
         if residual and in_channels != out_channels:
             raise ValueError(
                 f"UNet residual=True needs in_channels == out_channels "
@@ -165,6 +216,7 @@ class UNet(nn.Module):
             "stem_stride": stem_stride,
             "residual": residual,
             "upsample": upsample,
+            "color_lut": color_lut,
         }
         self.stem_stride = stem_stride
         self.residual = residual
@@ -195,6 +247,7 @@ class UNet(nn.Module):
             # Start as the identity map: the first steps refine rather than relearn the photo.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.color_lut = ColorLUT(color_lut) if color_lut else None
 
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.upsample == "bilinear":
@@ -222,6 +275,7 @@ class UNet(nn.Module):
         if self.stem_stride > 1:
             delta = F.pixel_shuffle(delta, self.stem_stride)
         delta = delta[..., top : top + height, left : left + width]
-        if self.residual:
-            return _clamp_straight_through(x + delta)
-        return torch.tanh(delta)
+        out = _clamp_straight_through(x + delta) if self.residual else torch.tanh(delta)
+        if self.color_lut is not None:
+            out = _clamp_straight_through(self.color_lut(out))
+        return out
