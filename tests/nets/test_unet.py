@@ -130,13 +130,15 @@ def test_color_lut_starts_as_identity_and_keeps_any_size() -> None:
     x = torch.rand(2, 3, 37, 23) * 2 - 1
     torch.testing.assert_close(ColorLUT(17)(x), x, atol=1e-5, rtol=0)
     net = tiny(color_lut=9)
+    assert net(x).is_contiguous()
     torch.testing.assert_close(net(x), x, atol=1e-5, rtol=0)
     assert net.config["color_lut"] == 9 and UNet(**net.config).color_lut.size == 9
-    # channels_last nets (the training default) convert the table too and give the same output
+    # channels_last nets (the training default) convert the table too, give the same output and
+    # return it channels_last (what a discriminator after F expects)
     fast = net.to(memory_format=torch.channels_last)
-    torch.testing.assert_close(
-        fast(x.contiguous(memory_format=torch.channels_last)), x, atol=1e-5, rtol=0
-    )
+    out = fast(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
 
 
 def test_color_lut_matches_trilinear_interpolation_of_its_nodes() -> None:

@@ -197,3 +197,35 @@ def test_bad_configuration_errors() -> None:
         StylizerModule(
             net=UNet(base_channels=4), loss={"adv": {"weight": 0}}, optim={"learning_rate": 1}
         )
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+def test_memory_layout_of_nets_and_batches(tmp_path: Path, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    module = StylizerModule(
+        net=UNet(base_channels=8, depth=3, channel_mult=(1, 2, 4), color_lut=5),
+        discriminator=MultiScalePatchGAN(base_channels=8, num_scales=2, n_layers=2),
+        loss={
+            "l1": 1.0,
+            "perceptual": {"kind": "none"},
+            "adv": {"kind": "hinge", "warmup_steps": 0},
+        },
+        channels_last=channels_last,
+    )
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for network in (module.net, module.net_ema.module, module.discriminator):
+        weights = [p for p in network.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights)
+    seen: dict[str, bool] = {}
+
+    def record(name: str):
+        def hook(_module, inputs) -> None:
+            seen.setdefault(name, inputs[0].is_contiguous(memory_format=layout))
+
+        return hook
+
+    module.net.encoder[0][0].register_forward_pre_hook(record("F"))
+    first_d_conv = next(m for m in module.discriminator.modules() if isinstance(m, nn.Conv2d))
+    first_d_conv.register_forward_pre_hook(record("D"))
+    trainer(1, tmp_path).fit(module, datamodule=FixedPairsData())
+    assert seen == {"F": True, "D": True}

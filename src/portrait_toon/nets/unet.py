@@ -107,7 +107,14 @@ class ColorLUT(nn.Module):
         out = F.grid_sample(
             self.table[None], grid, mode="bilinear", padding_mode="border", align_corners=True
         )
-        return out[0].permute(1, 0, 2, 3).to(y.dtype)
+        # [3, B, H, W] -> [B, 3, H, W], in the input's memory layout (what the next convs, a
+        # discriminator, expect)
+        layout = (
+            torch.channels_last
+            if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+            else torch.contiguous_format
+        )
+        return out[0].permute(1, 0, 2, 3).to(y.dtype).contiguous(memory_format=layout)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
