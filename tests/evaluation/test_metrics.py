@@ -14,6 +14,7 @@ from portrait_toon.evaluation.metrics import (
     delta_e00,
     evaluate_stylizer,
     ita_degrees,
+    output_skin_mask,
     rgb_to_lab,
     skin_tone_bin,
 )
@@ -125,6 +126,38 @@ def test_whitening_net_is_caught_and_worst_on_dark_skin() -> None:
     assert result["skin_delta_e00_mean"] > 20
     assert by_bin["dark"] > by_bin["brown"] > by_bin["tan"] > by_bin["very_light"]
     assert result["skin_ita_shift_mean"] > 30
+
+
+def test_output_skin_is_measured_where_the_character_has_skin() -> None:
+    """The target's head is the character's (another face shape): a perfect F has the input's
+    skin tone only over the character's skin, not over the photo's skin mask."""
+    batch = skin_batch([-45.0, 0.0, 35.0, 60.0])
+    character_skin = torch.zeros_like(batch["skin_mask"])
+    character_skin[..., 2:-2, 2:6] = 1.0  # inside the photo's skin (the left half)
+    # The target: the input's skin colour on the character's skin, dark hair around it.
+    hair = lab_to_rgb(torch.tensor([20.0, 5.0, -10.0]).view(1, 3, 1, 1))
+    head = batch["head_mask"]
+    batch["tgt"] = torch.where(
+        (head > 0) & (character_skin == 0), hair.expand_as(batch["src"]), batch["tgt"]
+    )
+    batch["character_skin_mask"] = character_skin
+
+    class Perfect(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return batch["tgt"]
+
+    perfect = evaluate_stylizer(Perfect(), [batch])
+    assert perfect["skin_delta_e00_mean"] < 0.05
+    assert perfect["skin_delta_e00_source_region_mean"] > 10  # the hair is in the photo's skin
+    identity = evaluate_stylizer(Identity(), [batch])
+    assert identity["skin_delta_e00_mean"] < 0.05 and identity["l1_output_target"] > 0.1
+    # CutFace pairs: the tiles moved the heads, the source skin mask is used instead.
+    batch["is_cutface"] = torch.ones(4, dtype=torch.bool)
+    assert torch.equal(output_skin_mask(batch), batch["skin_mask"])
+    cut = evaluate_stylizer(Perfect(), [batch])
+    assert cut["skin_delta_e00_mean"] == pytest.approx(cut["skin_delta_e00_source_region_mean"])
+    del batch["character_skin_mask"]
+    assert torch.equal(output_skin_mask(batch), batch["skin_mask"])
 
 
 def test_l1_is_split_into_head_and_background() -> None:

@@ -105,12 +105,19 @@ def test_outputs_and_shapes():
     for key in ("src", "tgt"):
         assert out[key].shape == (5, 3, 32, 32) and out[key].dtype == torch.float32
         assert float(out[key].abs().max()) <= 1.0
-    for key in ("head_mask", "skin_mask", "stage_head_mask", "stage_skin_mask"):
+    for key in (
+        "head_mask",
+        "skin_mask",
+        "stage_head_mask",
+        "stage_skin_mask",
+        "character_skin_mask",
+    ):
         assert out[key].shape == (5, 1, 32, 32)
         assert float(out[key].min()) >= 0.0 and float(out[key].max()) <= 1.0
     assert out["is_cutface"].dtype == torch.bool and out["is_cutface"].shape == (5,)
     assert torch.equal(out["index"], index)
-    assert out["labels"].shape == (5, 32, 32) and out["labels"].dtype == torch.int64
+    for key in ("labels", "character_labels"):
+        assert out[key].shape == (5, 32, 32) and out[key].dtype == torch.int64
     for key in ("photo", "character", "background", "composite", "corrected"):
         assert out[key].shape == (5, 3, 32, 32)
     assert "photo" not in synth(index)
@@ -191,6 +198,29 @@ def test_color_reflection_switch(target_skin):
     # Outside the head nothing changes.
     outside = on["stage_head_mask"].expand_as(on["tgt"]) == 0
     assert torch.equal(on["tgt"][outside], off["tgt"][outside])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_character_skin_stage_is_where_the_target_has_the_photos_tone(enabled):
+    """The stages carry the character's parsed skin even when reflection does not parse it;
+    over it the corrected target's mean skin is the photo's (what the skin metric relies on)."""
+    options = {"cutface": {"enabled": False}, "crop": {"enabled": False}}
+    out = make(color_reflection={"enabled": enabled}, **options)(
+        torch.arange(6), return_stages=True
+    )
+    character_skin = out["character_skin_mask"]
+    assert float(character_skin.sum(dim=(1, 2, 3)).min()) > 0
+    labels = out["character_labels"][:, None]
+    assert torch.equal(
+        character_skin > 0, (labels == CLASS_ID["skin"]) | (labels == CLASS_ID["nose"])
+    )
+    photo_skin, _, _ = masked_lab_stats(rgb_to_lab(out["photo"]), out["stage_skin_mask"])
+    target_skin, _, _ = masked_lab_stats(rgb_to_lab(out["tgt"]), character_skin)
+    delta = delta_e00(photo_skin, target_skin)
+    if enabled:
+        assert float(delta.max()) < 1.0
+    else:
+        assert float(delta.max()) > 10.0
 
 
 def test_composite_is_character_on_head_and_background_elsewhere():

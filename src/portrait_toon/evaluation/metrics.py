@@ -27,6 +27,7 @@ __all__ = [
     "ita",
     "ita_degrees",
     "masked_mean_lab",
+    "output_skin_mask",
     "rgb_to_lab",
     "skin_tone_bin",
 ]
@@ -78,6 +79,36 @@ def masked_mean_lab(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return mean, mass
 
 
+def output_skin_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[B,1,H,W] region to average the output's skin over: the character's parsed skin
+    (`character_skin_mask`, a synthesizer stage) where the batch has it, else the source skin.
+
+    The target's head is the character's, whose face and hair differ in shape from the
+    photo's; its skin is where the character's is, and so is a faithful F(x)'s. Averaged over
+    the *source* skin instead, the output mean takes in the character's eyes, brows and hair:
+    the targets themselves then score ~5 ΔE00 from the input with colour reflection on, while
+    returning the input unchanged scores 0. CutFace pairs (tiles moved the heads) and batches
+    without the stage fall back to `skin_mask`.
+    """
+    skin = batch["skin_mask"]
+    character = batch.get("character_skin_mask")
+    if character is None or character.shape != skin.shape:
+        return skin
+    if "is_cutface" in batch:
+        cut = batch["is_cutface"].to(skin.device).view(-1, 1, 1, 1).bool()
+        return torch.where(cut, skin, character.to(skin.device, skin.dtype))
+    return character.to(skin.device, skin.dtype)
+
+
+def _bin_means(values_by_bin: Mapping[str, list[float]]) -> dict[str, float]:
+    """Bin name -> mean of its values, lightest bin first, bins with values only."""
+    return {
+        name: sum(values_by_bin[name]) / len(values_by_bin[name])
+        for name, _ in SKIN_TONE_BINS
+        if name in values_by_bin
+    }
+
+
 @torch.no_grad()
 def evaluate_stylizer(
     net: nn.Module,
@@ -88,7 +119,8 @@ def evaluate_stylizer(
     """Run `net` over held-out pair batches and measure what METHOD.md 5 claims.
 
     Each batch holds `src`, `tgt` ([B,3,H,W] in [-1,1]), `skin_mask` and `head_mask`
-    ([B,1,H,W], source geometry) and optionally `bg_key`, the background stylizer's output
+    ([B,1,H,W], source geometry), optionally `character_skin_mask` (see `output_skin_mask`)
+    and optionally `bg_key`, the background stylizer's output
     B(x) with the same geometry as `src` (synthesizer stages with crop off). Where `bg_key` is
     absent, mis-shaped, or the pair is a CutFace pair (`is_cutface`), the target stands in for
     B(x): outside the head mask the target *is* B's output by construction.
@@ -99,7 +131,11 @@ def evaluate_stylizer(
             l1_background_input_target: the same means inside the head mask (weighted by it)
             and outside it (weighted by 1 - mask), over all images: where F learned what.
         skin_delta_e00_mean: mean over skin-tone bins of the per-bin mean ΔE00 between the
-            input's and the output's mean skin Lab (images binned by the input's ITA).
+            input's mean skin Lab (over `skin_mask`) and the output's (over
+            `output_skin_mask(batch)`: the character's skin where the batch has that stage);
+            images binned by the input's ITA. The targets score 0 here with colour reflection.
+        skin_delta_e00_source_region_mean: the same with the output's mean over the source
+            skin mask (for reference: biased by the character's different face shape).
         skin_delta_e00_by_bin: bin name -> that per-bin mean (bins with images only).
         skin_count_by_bin: bin name -> number of images.
         skin_ita_shift_mean: mean |ITA(output skin) - ITA(input skin)| in degrees.
@@ -118,6 +154,7 @@ def evaluate_stylizer(
     # region -> [sum |F(x) - y| * w, sum |x - y| * w, sum w] with w the head mask or 1 - it
     regional = {"head": [0.0, 0.0, 0.0], "background": [0.0, 0.0, 0.0]}
     skin_by_bin: dict[str, list[float]] = {}
+    source_region_by_bin: dict[str, list[float]] = {}
     ita_shifts: list[float] = []
     background_scores: list[float] = []
     try:
@@ -141,17 +178,21 @@ def evaluate_stylizer(
                 sums[1] += float((in_error * weight).sum())
                 sums[2] += float(weight.sum())
 
-            # Skin: input vs output mean colour over the source skin mask.
+            # Skin: the input's mean colour over its skin vs the output's over the output's
+            # skin region (see `output_skin_mask`); also over the source skin, for reference.
             src_lab, out_lab = rgb_to_lab(src), rgb_to_lab(output)
             skin = batch["skin_mask"].to(device).float()
             src_skin, mass = masked_mean_lab(src_lab, skin)
-            out_skin, _ = masked_mean_lab(out_lab, skin)
+            out_skin, out_mass = masked_mean_lab(out_lab, output_skin_mask(batch).to(device))
             skin_delta = delta_e00(src_skin, out_skin, dim=1)
+            source_region_delta = delta_e00(src_skin, masked_mean_lab(out_lab, skin)[0], dim=1)
             src_ita, out_ita = ita_degrees(src_skin), ita_degrees(out_skin)
             for i in range(size):
-                if float(mass[i]) < MIN_SKIN_PIXELS:
+                if min(float(mass[i]), float(out_mass[i])) < MIN_SKIN_PIXELS:
                     continue
-                skin_by_bin.setdefault(skin_tone_bin(src_ita[i]), []).append(float(skin_delta[i]))
+                bin_name = skin_tone_bin(src_ita[i])
+                skin_by_bin.setdefault(bin_name, []).append(float(skin_delta[i]))
+                source_region_by_bin.setdefault(bin_name, []).append(float(source_region_delta[i]))
                 ita_shifts.append(abs(float(out_ita[i] - src_ita[i])))
 
             # Background: F(x) vs B(x) outside the head.
@@ -171,11 +212,8 @@ def evaluate_stylizer(
 
     if counted == 0:
         raise ValueError("evaluate_stylizer: no images in `batches`")
-    by_bin = {
-        name: sum(skin_by_bin[name]) / len(skin_by_bin[name])
-        for name, _ in SKIN_TONE_BINS
-        if name in skin_by_bin
-    }
+    by_bin = _bin_means(skin_by_bin)
+    source_region_by_bin_means = _bin_means(source_region_by_bin)
     nan = None  # JSON has no NaN: an empty measurement is null
     return {
         "l1_output_target": l1_output / counted,
@@ -188,6 +226,11 @@ def evaluate_stylizer(
         "skin_delta_e00_mean": sum(by_bin.values()) / len(by_bin) if by_bin else nan,
         "skin_delta_e00_by_bin": by_bin,
         "skin_count_by_bin": {name: len(skin_by_bin[name]) for name in by_bin},
+        "skin_delta_e00_source_region_mean": (
+            sum(source_region_by_bin_means.values()) / len(source_region_by_bin_means)
+            if source_region_by_bin_means
+            else nan
+        ),
         "skin_ita_shift_mean": sum(ita_shifts) / len(ita_shifts) if ita_shifts else nan,
         "background_delta_e00_mean": (
             sum(background_scores) / len(background_scores) if background_scores else nan

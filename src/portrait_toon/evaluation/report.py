@@ -22,6 +22,7 @@ from portrait_toon.evaluation.metrics import (
     delta_e00,
     ita_degrees,
     masked_mean_lab,
+    output_skin_mask,
     rgb_to_lab,
     skin_tone_bin,
 )
@@ -53,6 +54,7 @@ class ReportItem:
     out: torch.Tensor
     head_mask: torch.Tensor | None = None  # [1,H,W]
     skin_mask: torch.Tensor | None = None
+    output_skin_mask: torch.Tensor | None = None  # where the output's skin is measured
     is_cutface: bool = False
     ita: float | None = None
     skin_delta_e: float | None = None
@@ -83,8 +85,9 @@ def _measure(item: ReportItem) -> None:
     if item.skin_mask is not None:
         skin = item.skin_mask.unsqueeze(0).float()
         src_skin, mass = masked_mean_lab(src_lab, skin)
-        if float(mass[0]) >= MIN_SKIN_PIXELS:
-            out_skin, _ = masked_mean_lab(out_lab, skin)
+        out_region = skin if item.output_skin_mask is None else item.output_skin_mask[None]
+        out_skin, out_mass = masked_mean_lab(out_lab, out_region.float())
+        if min(float(mass[0]), float(out_mass[0])) >= MIN_SKIN_PIXELS:
             item.ita = float(ita_degrees(src_skin)[0])
             item.skin_delta_e = float(delta_e00(src_skin, out_skin, dim=1)[0])
     if item.head_mask is not None:
@@ -108,6 +111,7 @@ def items_from_batches(rows: Iterable[Mapping[str, torch.Tensor]]) -> list[Repor
             batch = {k: (v.unsqueeze(0) if torch.is_tensor(v) else v) for k, v in batch.items()}
             output, src = output.unsqueeze(0), src.unsqueeze(0)
         cut = batch.get("is_cutface")
+        out_skin = output_skin_mask(batch) if "skin_mask" in batch else None
         for i in range(src.shape[0]):
             item = ReportItem(
                 src=src[i].detach().float().cpu(),
@@ -115,6 +119,7 @@ def items_from_batches(rows: Iterable[Mapping[str, torch.Tensor]]) -> list[Repor
                 out=output[i].detach().float().cpu(),
                 head_mask=batch["head_mask"][i].detach().cpu() if "head_mask" in batch else None,
                 skin_mask=batch["skin_mask"][i].detach().cpu() if "skin_mask" in batch else None,
+                output_skin_mask=out_skin[i].detach().cpu() if out_skin is not None else None,
                 is_cutface=bool(cut[i]) if cut is not None else False,
             )
             _measure(item)

@@ -262,9 +262,12 @@ class PairSynthesizer(nn.Module):
 
     # -- the stages (each batched; `forward` chains them; benchmarks time them one by one) ----
 
-    def render(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def render(
+        self, index: torch.Tensor, parse_character: bool = False
+    ) -> dict[str, torch.Tensor | None]:
         """Stage 1 (METHOD.md 1): photo X_src, character X_cdsm and parse labels at
-        `resolution`; `character_labels` only when colour reflection parses the character.
+        `resolution`; `character_labels` when colour reflection parses the character or
+        `parse_character` asks for it (None otherwise).
 
         Parsers see the images at the generator's resolution (the embedded world's exact
         labels only exist there); everything is resized to `resolution` afterwards.
@@ -275,7 +278,7 @@ class PairSynthesizer(nn.Module):
         raw_character = self.mixer.render(latents)
         labels = self.segmenter.parse(raw_photo, latents, domain="source")
         character_labels = None
-        if color["enabled"] and color["target_skin"] == "parse":
+        if parse_character or (color["enabled"] and color["target_skin"] == "parse"):
             character_labels = self.segmenter.parse(raw_character, latents, domain="character")
             character_labels = _resize_labels(character_labels.to(device), self.resolution)
         return {
@@ -452,7 +455,9 @@ class PairSynthesizer(nn.Module):
             )
         index_cpu = index.detach().to("cpu", torch.int64)
 
-        rendered = self.render(index_cpu)
+        # The stages include the character's parse: its skin is where the target, and so a
+        # faithful F(x), has skin (what the skin-tone metric measures the output over).
+        rendered = self.render(index_cpu, parse_character=return_stages)
         photo, character, labels = rendered["photo"], rendered["character"], rendered["labels"]
         stage_head, stage_skin = self.masks(labels)
         # Stage 2: stylised background and the composite X_fb.
@@ -479,6 +484,10 @@ class PairSynthesizer(nn.Module):
                 character=character,
                 stage_head_mask=stage_head,
                 stage_skin_mask=stage_skin,
+                character_labels=rendered["character_labels"],
+                character_skin_mask=skin_mask(
+                    rendered["character_labels"], self.color_options["skin_classes"]
+                ),
                 background=background,
                 composite=composite,
                 corrected=corrected,
