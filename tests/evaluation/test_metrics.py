@@ -160,6 +160,21 @@ def test_output_skin_is_measured_where_the_character_has_skin() -> None:
     assert torch.equal(output_skin_mask(batch), batch["skin_mask"])
 
 
+def test_output_skin_leaves_out_the_border_pixel_at_128() -> None:
+    """At 128 px the output's skin is read one pixel inside the character's skin border (the
+    face outline's blur is not a skin tone); at 16 px there is nothing to spare."""
+    batch = skin_batch([0.0], size=128)
+    character_skin = torch.zeros_like(batch["skin_mask"])
+    character_skin[..., 20:30, 10:20] = 1.0
+    batch["character_skin_mask"] = character_skin
+    region = output_skin_mask(batch)
+    assert float(region.sum()) == 64 and float(region[..., 21:29, 11:19].sum()) == 64
+    small = skin_batch([0.0])
+    small["character_skin_mask"] = torch.zeros_like(small["skin_mask"])
+    small["character_skin_mask"][..., 4:8, 2:6] = 1.0
+    assert torch.equal(output_skin_mask(small), small["character_skin_mask"])
+
+
 def test_l1_is_split_into_head_and_background() -> None:
     batch = skin_batch([0.0, 30.0])
     head = batch["head_mask"]
