@@ -150,7 +150,7 @@ def main(cfg):
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     seen = {"x": cfg.x, "mode": hydra_cfg.mode.name, "sweep_dir": hydra_cfg.sweep.dir,
-            "pid": os.getpid()}
+            "pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")}
     (out / "seen.json").write_text(json.dumps(seen))
     if cfg.x == cfg.fail_at:
         raise ValueError(f"bad x={cfg.x}")
@@ -215,13 +215,16 @@ def job_record(root: Path, num: int, name: str) -> dict:
     return json.loads((root / "sweep" / str(num) / name).read_text())
 
 
-def test_jobs_run_as_single_runs_in_their_folders_and_return_values(tmp_path):
+def test_jobs_run_as_single_runs_in_their_folders_and_return_values(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     root = tmp_path / "a dir, with=odd 'chars'"  # quoted into hydra.run.dir correctly
     result = run_app(root, "x=1,2,3", "hydra.launcher.n_jobs=2")
     assert result.returncode == 0, result.stderr
     for num, x in enumerate((1, 2, 3)):
         seen = job_record(root, num, "seen.json")
         assert seen["x"] == x and seen["mode"] == "RUN"  # a plain single run ...
+        # ... with its share of the CPUs: two concurrent jobs split them
+        assert seen["omp"] == str(max(1, len(os.sched_getaffinity(0)) // 2))
         assert Path(seen["sweep_dir"]) == (root / "sweep").resolve()  # ... that knows its sweep
         assert job_record(root, num, JOB_RETURN_FILE) == {
             "status": "COMPLETED",
@@ -239,6 +242,17 @@ def test_a_config_that_forces_multirun_mode_does_not_make_jobs_sweep_again(tmp_p
     for num, x in enumerate((1, 2)):
         assert job_record(tmp_path, num, "seen.json")["mode"] == "RUN"
         assert job_record(tmp_path, num, JOB_RETURN_FILE)["return_value"] == x * 10
+
+
+def test_threads_per_job_sets_each_jobs_cpu_threads(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the option wins over the environment
+    result = run_app(tmp_path, "x=1", "hydra.launcher.threads_per_job=1")
+    assert result.returncode == 0, result.stderr
+    assert job_record(tmp_path, 0, "seen.json")["omp"] == "1"
+    # one job at a time: the environment's value is passed on as it is
+    result = run_app(tmp_path / "again", "x=1")
+    assert result.returncode == 0, result.stderr
+    assert job_record(tmp_path / "again", 0, "seen.json")["omp"] == "7"
 
 
 def test_a_job_never_launches_a_sweep_of_its_own(tmp_path):

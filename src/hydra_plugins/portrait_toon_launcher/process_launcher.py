@@ -200,6 +200,13 @@ class _Job:
         self.stop_sent: float | None = None
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class ProcessLauncher(Launcher):
     """Runs each job of a sweep as `python <entry> <overrides> hydra.run.dir=<job dir>`.
 
@@ -211,6 +218,12 @@ class ProcessLauncher(Launcher):
             order from the visible ones); null: every job sees every GPU.
         timeout_min: wall-clock limit of one job; a job past it is stopped (SIGTERM, then
             SIGKILL) and returned as failed. null: no limit.
+        threads_per_job: OMP_NUM_THREADS of each job (torch's CPU threads). null: the CPUs
+            this process may use split between the n_jobs running jobs when n_jobs > 1 (so
+            concurrent CPU jobs do not each start a thread per core and thrash), unless
+            OMP_NUM_THREADS is already set; nothing is set for n_jobs = 1. A job that runs
+            k DDP ranks on CPU wants its share divided by k (Lightning splits the cores
+            between ranks itself only when OMP_NUM_THREADS is unset).
     """
 
     def __init__(
@@ -219,6 +232,7 @@ class ProcessLauncher(Launcher):
         output: str = "auto",
         gpus_per_job: int | None = None,
         timeout_min: float | None = None,
+        threads_per_job: int | None = None,
     ) -> None:
         super().__init__()
         if int(n_jobs) < 1:
@@ -233,7 +247,12 @@ class ProcessLauncher(Launcher):
             )
         if timeout_min is not None and not float(timeout_min) > 0:
             raise ValueError(f"hydra.launcher.timeout_min must be > 0 or null, got {timeout_min}")
+        if threads_per_job is not None and int(threads_per_job) < 1:
+            raise ValueError(
+                f"hydra.launcher.threads_per_job must be >= 1 or null, got {threads_per_job}"
+            )
         self.n_jobs = int(n_jobs)
+        self.threads_per_job = None if threads_per_job is None else int(threads_per_job)
         self.output = output
         self.gpus_per_job = None if gpus_per_job is None else int(gpus_per_job)
         self.timeout_s = None if timeout_min is None else float(timeout_min) * 60.0
@@ -368,6 +387,9 @@ class ProcessLauncher(Launcher):
         env[JOB_ENV_MARKER] = f"{job.num} of {self.config.hydra.sweep.dir}"
         if visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible_devices
+        threads = self._threads_per_job()
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         to_file = self.output == "file" or (self.output == "auto" and self.n_jobs > 1)
         if to_file:
             job.output = open(job.job_dir / JOB_OUTPUT_FILE, "ab")  # noqa: SIM115 - closed in _finish
@@ -388,6 +410,14 @@ class ProcessLauncher(Launcher):
             # its own process group: the job and the DDP ranks it spawns are stopped together
             start_new_session=True,
         )
+
+    def _threads_per_job(self) -> int | None:
+        """OMP_NUM_THREADS for every job (None: leave the environment as it is)."""
+        if self.threads_per_job is not None:
+            return self.threads_per_job
+        if self.n_jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+            return None
+        return max(1, _usable_cpus() // self.n_jobs)
 
     def _enforce_timeout(self, job: _Job) -> None:
         if self.timeout_s is None:
