@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=%,$(MAKEOVERRIDES)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train synthesize preview stylize evaluate weights test test-full bench lint format lock clean
+.PHONY: help install demo train synthesize preview stylize app evaluate weights test test-full bench lint format lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@# torch first and pinned, so no dependency pulls a multi-GB CUDA build (GPU users: see README)
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)" -r requirements.lock
-	$(VENV)/bin/pip install -q --no-deps -e ".[dev]"
+	$(VENV)/bin/pip install -q --no-deps -e ".[dev,app]"
 	@# the wheel carries the shift-tolerant LPIPS VGG16 weights used offline (we load the file only)
 	$(VENV)/bin/pip install -q --no-deps stlpips-pytorch==0.0.2
 	touch $(STAMP)
@@ -42,6 +42,9 @@ preview: $(STAMP) ## one PNG grid per synthesis stage for a few seeds
 
 stylize: $(STAMP) ## stylize images: make stylize ckpt=PATH input=DIR output=DIR
 	$(PY) stylize.py $(HYDRA_ARGS)
+
+app: $(STAMP) ## web page on localhost: make app [ckpt=PATH] (default: newest trained)
+	$(PY) app.py $(HYDRA_ARGS)
 
 evaluate: $(STAMP) ## held-out metrics + report of a trained run: make evaluate ckpt_path=RUN_DIR
 	$(PY) evaluate.py $(HYDRA_ARGS)
