@@ -1,4 +1,4 @@
-"""Throughput of the embedded world (synthesis/procedural.py): ms per batch of 16 scenes (photo,
+"""Throughput of the embedded world (synthesis/world/): ms per batch of 16 scenes (photo,
 labels, character, character labels) at 64, 128 and 256 px, and images/s; prints JSON.
 
 The renderer is element-wise and memory-bound, not FLOP-bound, so besides the protocol's

@@ -1,5 +1,6 @@
-"""Tests of the embedded world (synthesis/procedural.py): determinism, exact labels, skin tones,
-framing, the character rendering, the module wrappers and their Hydra configs."""
+"""Tests of the embedded world (synthesis/world/, its names re-exported by
+synthesis/procedural.py): determinism, exact labels, skin tones, framing, the character
+rendering, the module wrappers and their Hydra configs."""
 
 from __future__ import annotations
 
