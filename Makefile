@@ -5,9 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# Wheel index for the torch install only; empty = pip's own index (public PyPI: a CUDA build on
+# Linux). CPU-only: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 # Command-line `key=value` words become Hydra overrides (ARGS="..." also works).
-HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=%,$(MAKEOVERRIDES)) $(ARGS)
+HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=% TORCH_INDEX=%,$(MAKEOVERRIDES)) $(ARGS)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo train synthesize preview stylize app evaluate weights test test-full bench lint format lock clean
@@ -18,8 +21,8 @@ help: ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	@# torch first and pinned, so no dependency pulls a multi-GB CUDA build (GPU users: see README)
-	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	@# torch first, pinned and from TORCH_INDEX when given (README "Installing PyTorch")
+	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)" -r requirements.lock
 	$(VENV)/bin/pip install -q --no-deps -e ".[dev,app]"
 	@# the wheel carries the shift-tolerant LPIPS VGG16 weights used offline (we load the file only)
