@@ -65,9 +65,7 @@ class Cases:
         except Exception as error:  # noqa: BLE001 - every case is reported, not just the first
             self.failures.append(f"{name}: {type(error).__name__}: {error}")
 
-    def close(
-        self, name: str, cpu: torch.Tensor, gpu: torch.Tensor, tol: dict[str, float]
-    ) -> None:
+    def close(self, name: str, cpu: torch.Tensor, gpu: torch.Tensor, tol: dict[str, float]) -> None:
         """`gpu` within `tol` of `cpu` (max and mean |diff| relative to max |cpu|)."""
         label = f"{self.current}/{name}"
         expected, actual = cpu.detach().float().cpu(), gpu.detach().float().cpu()
@@ -264,17 +262,15 @@ def _check_f(cases: Cases, device: torch.device) -> None:
         ("gpu_bf16", gpu_net, x_gpu, "bf16"),
     ):
         net.train().zero_grad(set_to_none=True)
-        context = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else no_tf32()
-        )
+        context = torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else no_tf32()
         with context:
             loss = (net(inputs) - inputs.flip(-1)).abs().mean()
             loss.backward()
-        grads[label] = torch.cat([p.grad.detach().float().cpu().flatten() for p in net.parameters()])
+        grads[label] = torch.cat([p.grad.float().cpu().flatten() for p in net.parameters()])
         cases.check(bool(torch.isfinite(grads[label]).all()), f"{label}: non-finite gradients")
     cases.close("train gradients fp32", grads["cpu"], grads["gpu"], {"max": 1e-2, "mean": 1e-3})
     cosine = torch.nn.functional.cosine_similarity(grads["cpu"], grads["gpu_bf16"], dim=0)
-    cases.check(float(cosine) > 0.95, f"bf16 autocast gradients: cosine {float(cosine):.4f} to fp32")
+    cases.check(float(cosine) > 0.95, f"bf16 gradients: cosine {float(cosine):.4f} to fp32's")
 
 
 def _check_stylize(cases: Cases, device: torch.device) -> None:
@@ -303,9 +299,7 @@ def _check_stylize(cases: Cases, device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------------- synthesis
-def _synthesizers(
-    overrides: list[str], tmp_path: Path
-) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _synthesizers(overrides: list[str], tmp_path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
     from portrait_toon import config
     from portrait_toon.tasks.synthesize import build_synthesizer
 
