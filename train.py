@@ -1,4 +1,10 @@
-"""Train the stylization network F: `python train.py [experiment=demo] [key=value ...]`."""
+"""Train the stylization network F: `python train.py [experiment=demo] [key=value ...]`.
+
+Resume a run in its folder with `python train.py hydra.run.dir=<run> ckpt_path=last`: the run's
+own overrides (its .hydra/overrides.yaml) are applied first, the ones typed now on top.
+"""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -17,4 +23,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # before Hydra composes (and rewrites the run's .hydra/overrides.yaml)
+    sys.argv[1:] = portrait_toon.config.resume_arguments(sys.argv[1:])
     main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -227,3 +228,107 @@ def test_ckpt_path_last_in_a_sweep_job_only_resumes_its_own_folder(tmp_path):
     (job_dir / "checkpoints").mkdir()
     (job_dir / "checkpoints" / "last.ckpt").write_bytes(b"this one")
     assert train_task.resume_checkpoint(cfg, job_dir) == str(job_dir / "checkpoints" / "last.ckpt")
+
+
+# --------------------------------------------------------------------------------------------
+# the README's resume command continues the run's own experiment
+def run_train_py(*words: str) -> None:
+    """`python train.py <words>` in this process (Hydra's main, argument rewrite included)."""
+    argv = sys.argv
+    sys.argv = [str(REPO_ROOT / "train.py"), *words]
+    try:
+        runpy.run_path(str(REPO_ROOT / "train.py"), run_name="__main__")
+    except SystemExit as stop:  # Hydra exits 1 after printing a failed job's error
+        raise AssertionError(f"train.py {' '.join(words)} exited with {stop.code}") from None
+    finally:
+        sys.argv = argv
+
+
+def readme_resume_words(run_dir: Path) -> list[str]:
+    """The README's resume command (section 'Scale out'), its run folder replaced by `run_dir`."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if "ckpt_path=last" in line]
+    command = next(line for line in lines if line.startswith("python train.py hydra.run.dir="))
+    words = command.split("#", 1)[0].split()[2:]
+    return [
+        f"hydra.run.dir={run_dir}" if word.startswith("hydra.run.dir=") else word for word in words
+    ]
+
+
+def test_readme_resume_command_continues_the_runs_own_experiment(tmp_path):
+    run_dir = tmp_path / "run"
+    started = ["experiment=demo", "debug=tiny", "logger=csv", "evaluate.enabled=false"]
+    run_train_py(*started, "evaluate.export=false", f"hydra.run.dir={run_dir}")
+    first = checkpoint(run_dir)
+    assert first["global_step"] == 4
+
+    # typed as the README shows it, plus a longer budget: no experiment retyped
+    resume = readme_resume_words(run_dir)
+    assert resume == [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    run_train_py(*resume, "trainer.max_steps=6")
+    final = checkpoint(run_dir)
+    assert final["global_step"] == 6  # the demo's U-Net loaded and trained on (no size mismatch)
+    position = first["OnTheFlyDataModule"]["next_position"]
+    assert final["OnTheFlyDataModule"]["next_position"] > position  # the next unseen pairs
+    assert final["hyper_parameters"]["net_config"]["stem_stride"] == 1  # demo's net, not default
+    recorded = config.saved_run_overrides(run_dir)  # Hydra's record: the run's + the new ones
+    assert recorded == [*started, "evaluate.export=false", "ckpt_path=last", "trainer.max_steps=6"]
+    assert final[train_task.OVERRIDES_KEY] == recorded
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_error_naming_keys_and_overrides(
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    run_train_py(
+        "experiment=demo",
+        "debug=tiny",
+        "logger=csv",
+        "evaluate.enabled=false",
+        "evaluate.export=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    # composed without the run's overrides (in-process, no argument rewrite): the default U-Net
+    cfg = config.compose_config(
+        "train", ["debug=tiny", "logger=csv", f"ckpt_path={run_dir}"], tmp_path / "other"
+    )
+    with pytest.raises(config.ConfigError) as error:
+        train_task.train(cfg)
+    message = str(error.value)
+    assert "does not fit the StylizerModule" in message
+    assert "missing keys" in message and "net.encoder.4.0.weight" in message  # weights named
+    assert "net_config.stem_stride: 1 vs 2" in message  # the model settings that differ
+    assert "the run's overrides (recorded in the checkpoint): experiment=demo debug=tiny" in message
+    assert f"this config's overrides: debug=tiny logger=csv ckpt_path={run_dir}" in message
+
+
+def test_resume_arguments_put_the_runs_overrides_under_the_new_ones(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=demo\n- trainer.max_steps=4\n- +callbacks.extra.every=2\n- ckpt_path=null\n"
+    )
+    resume = [f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=9"]
+    assert config.resume_arguments(resume) == [
+        "experiment=demo",
+        "+callbacks.extra.every=2",
+        *resume,
+    ]
+    # a key the run added stays an addition; flags pass through
+    assert config.resume_arguments(["--cfg", "job", *resume, "callbacks.extra.every=3"]) == [
+        "--cfg",
+        "job",
+        "experiment=demo",
+        *resume,
+        "+callbacks.extra.every=3",
+    ]
+    # ckpt_path naming the run folder or its checkpoint file: the same run's overrides
+    for ckpt in (run_dir, run_dir / "checkpoints" / "last.ckpt"):
+        assert config.resume_arguments([f"ckpt_path={ckpt}"])[0] == "experiment=demo"
+    # fresh runs, multirun and folders without a Hydra record are left as typed
+    for words in (
+        [f"hydra.run.dir={run_dir}", "experiment=demo"],
+        ["-m", *resume],
+        [f"hydra.run.dir={tmp_path}", "ckpt_path=last"],
+    ):
+        assert config.resume_arguments(words) == words
