@@ -1,0 +1,154 @@
+"""What the page's `stylize` endpoint does with one upload: read it as the project reads any
+image (EXIF orientation, greyscale/alpha/16-bit converted, a pixel limit), apply the page's
+size/tile options, run the stylizer, and turn every problem with the upload into a message on
+the page (`gr.Error`) instead of a failed server.
+
+The function gets Gradio's raw upload record (the event runs with `preprocess=False`): Gradio's
+own preprocessing would open the file with Pillow before we could check it, and a non-image
+would then fail with a bare "Error" and no reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from portrait_toon.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "SIZE_CHOICES",
+    "TILE_CHOICES",
+    "StylizeHandler",
+    "parse_size",
+    "parse_tile",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Tile choices on the page: auto (one pass or tiles within the memory budget), one pass, or a
+#: fixed tile side in pixels.
+TILE_CHOICES = ("auto", "one pass", "512", "1024", "2048")
+#: Size choices: the original size, or the longest side scaled down to this many pixels first.
+SIZE_CHOICES = ("original", "2048", "1024", "512")
+DEFAULT_OPTIONS: dict[str, str] = {"tile": "auto", "size": "original"}
+
+
+def parse_tile(choice: str) -> int | str | None:
+    """A page tile choice -> the stylizer's `tile`: "auto", None (one pass) or a side in px."""
+    choice = str(choice).strip().lower()
+    if choice == "auto":
+        return "auto"
+    if choice in ("one pass", "none", "null"):
+        return None
+    if choice.isdigit() and int(choice) > 0:
+        return int(choice)
+    raise ValueError(f"tile={choice!r}: choose one of {list(TILE_CHOICES)}")
+
+
+def parse_size(choice: str) -> int | None:
+    """A page size choice -> the longest side to scale down to, or None (original size)."""
+    choice = str(choice).strip().lower()
+    if choice == "original":
+        return None
+    if choice.isdigit() and int(choice) >= 8:
+        return int(choice)
+    raise ValueError(f"size={choice!r}: choose one of {list(SIZE_CHOICES)}")
+
+
+def _fit_longest_side(image: np.ndarray, longest: int | None) -> np.ndarray:
+    """Scale `image` down (Lanczos) so its longest side is at most `longest`."""
+    height, width = image.shape[:2]
+    if longest is None or max(height, width) <= longest:
+        return image
+    scale = longest / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+class StylizeHandler:
+    """The endpoint's function: `handler(upload, options) -> PIL image` (or a gr.Error).
+
+    `stylizer`: a `portrait_toon.Stylizer` (called on a uint8 [H, W, 3] array with a per-call
+    `tile`; its `plan(height, width, tile=...)` says how an image will run). `default_tile`:
+    what the page's "auto" choice means (the app's `tile` setting). `notify(message)` shows a
+    note on the page (gr.Info in the app); `max_pixels` bounds what an upload may decode to.
+    """
+
+    def __init__(
+        self,
+        stylizer: Any,
+        *,
+        default_tile: int | str | None = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.stylizer = stylizer
+        self.default_tile = default_tile
+        self.max_pixels = int(max_pixels)
+        self.notify = notify
+
+    def __call__(self, upload: Any, options: Mapping[str, str] | None = None) -> Image.Image:
+        import gradio as gr
+
+        path, name = _upload_path(upload)
+        if path is None:
+            raise gr.Error("No image: upload a photo or pick an example first.", title="No image")
+        options = dict(DEFAULT_OPTIONS, **(options or {}))
+        try:
+            tile = parse_tile(options["tile"])
+            longest = parse_size(options["size"])
+        except ValueError as error:
+            raise gr.Error(str(error), title="Bad option") from None
+        if tile == "auto":
+            tile = self.default_tile
+        try:
+            image = read_image(path, max_pixels=self.max_pixels)
+        except ImageReadError as error:
+            logger.warning("upload %s rejected: %s", name, error.reason)
+            raise gr.Error(f"Cannot read '{name}': {error.reason}", title="Not an image") from None
+        image = _fit_longest_side(image, longest)
+        height, width = image.shape[:2]
+        plan = self.stylizer.plan(height, width, tile=tile)
+        how = "one pass" if plan.tile is None else f"tiles of {plan.tile} px"
+        start = time.perf_counter()
+        try:
+            output = self.stylizer(image, tile=tile)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise gr.Error(
+                f"'{name}' ({width}x{height}) needs more memory than this server has; pick a "
+                "smaller size or a smaller tile",
+                title="Out of memory",
+            ) from None
+        except Exception as error:  # noqa: BLE001 - say what failed; the server keeps serving
+            logger.exception("stylizing %s failed", name)
+            raise gr.Error(
+                f"Stylizing '{name}' failed: {type(error).__name__}: {error}", title="Failed"
+            ) from None
+        seconds = time.perf_counter() - start
+        logger.info("stylized %s (%dx%d, %s) in %.2f s", name, width, height, how, seconds)
+        if self.notify is not None:
+            self.notify(f"{name}: {width}x{height} px, {how}, {seconds:.1f} s")
+        return Image.fromarray(np.asarray(output, dtype=np.uint8))
+
+
+def _upload_path(upload: Any) -> tuple[str | None, str]:
+    """(file path, name to show) of Gradio's upload record, a path, or (None, "")."""
+    if upload is None:
+        return None, ""
+    if isinstance(upload, str | Path):
+        return str(upload), Path(upload).name
+    if isinstance(upload, Mapping):
+        path = upload.get("path")
+        name = upload.get("orig_name") or (Path(path).name if path else "")
+        return (str(path) if path else None), str(name)
+    path = getattr(upload, "path", None)
+    name = getattr(upload, "orig_name", None) or (Path(path).name if path else "")
+    return (str(path) if path else None), str(name)
