@@ -23,6 +23,7 @@ from portrait_toon.evaluation.metrics import (
     ita_degrees,
     masked_mean_lab,
     output_skin_mask,
+    person_regions,
     rgb_to_lab,
     skin_tone_bin,
 )
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 
 # Framing from the head mask: a head covering this much of the frame is a close-up.
 CLOSEUP_HEAD_FRACTION = 0.10
-# Head blobs smaller than this fraction of the frame are ignored when counting people.
-MIN_HEAD_FRACTION = 0.003
 TRIPLET_NAMES = ("input", "target", "F(x)")
 
 _BACKGROUND = (28, 28, 32)
@@ -72,11 +71,8 @@ class ReportItem:
 
 
 def _count_heads(head_mask: torch.Tensor) -> tuple[int, float]:
-    binary = (head_mask[0] > 0.5).to(torch.uint8).cpu().numpy()
-    area = binary.size
-    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA] if count > 1 else np.zeros(0)
-    return int((sizes >= MIN_HEAD_FRACTION * area).sum()), float(binary.sum() / area)
+    """Number of people (`person_regions`) and the head mask's share of the frame."""
+    return len(person_regions(head_mask)), float((head_mask > 0.5).float().mean())
 
 
 def _measure(item: ReportItem) -> None:

@@ -8,6 +8,13 @@ Built-in pictures ship inside installed packages, so CutFace works offline with 
   (DSCOVR launch on Falcon 9, SpaceX, released into the public domain).
 People's faces (scikit-image `astronaut`) and grey textures are left out on purpose: a face in
 a "background" would teach the network the opposite of what CutFace is for.
+
+Held-out pictures (`LandscapeBank(holdout=True)`), never in a training bank: the evaluation's
+"unseen landscape" frames (make ablation) put pasted heads on them, to measure how F treats a
+real background it never saw. All ship in the scikit-image wheel:
+- `motorcycle` (left view of the Middlebury stereo pair, Scharstein et al., research use),
+- `hubble` (Hubble eXtreme Deep Field, NASA/ESA, public domain),
+- `chelsea` (Stefan van der Walt's cat, CC0).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from portrait_toon.synthesis.latents import generator_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUILTIN_LANDSCAPES", "IMAGE_SUFFIXES", "LandscapeBank"]
+__all__ = ["BUILTIN_LANDSCAPES", "HELDOUT_LANDSCAPES", "IMAGE_SUFFIXES", "LandscapeBank"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -41,12 +48,16 @@ def _sklearn_image(name: str) -> Callable[[], np.ndarray]:
     return load
 
 
-def _skimage_image(name: str) -> Callable[[], np.ndarray]:
+def _skimage_image(name: str, view: int | None = None) -> Callable[[], np.ndarray]:
+    """Loader of `skimage.data.<name>()`; `view` picks one image of a function returning
+    several (the stereo pair's left view)."""
+
     @functools.cache
     def load() -> np.ndarray:
         import skimage.data
 
-        return getattr(skimage.data, name)()
+        image = getattr(skimage.data, name)()
+        return image if view is None else image[view]
 
     return load
 
@@ -58,6 +69,13 @@ BUILTIN_LANDSCAPES: dict[str, Callable[[], np.ndarray]] = {
     "rocket": _skimage_image("rocket"),
 }
 """name -> loader of a uint8 HWC RGB array (see the module docstring for the credits)."""
+
+HELDOUT_LANDSCAPES: dict[str, Callable[[], np.ndarray]] = {
+    "motorcycle": _skimage_image("stereo_motorcycle", view=0),
+    "hubble": _skimage_image("hubble_deep_field"),
+    "chelsea": _skimage_image("chelsea"),
+}
+"""Built-in pictures that no training bank uses (the evaluation's unseen landscapes)."""
 
 
 def _read_user_image(path: Path) -> np.ndarray:
@@ -103,9 +121,11 @@ class LandscapeBank:
     """Landscape photos, decoded once; `sample(seed, size)` is a random crop, deterministic.
 
     `image_dir=None` uses the built-in pictures (`builtin` names a subset of
-    `BUILTIN_LANDSCAPES`); otherwise every image under `image_dir` (recursively, sorted) is
-    used. Images are kept with their short side at most `max_side`; for each requested size a
-    downscaled copy is cached so that sampling only ever resizes a little.
+    `BUILTIN_LANDSCAPES`, or with `holdout=True` of `HELDOUT_LANDSCAPES`, all of them by
+    default: the pictures training never sees); otherwise every image under `image_dir`
+    (recursively, sorted) is used. Images are kept with their short side at most `max_side`;
+    for each requested size a downscaled copy is cached so that sampling only ever resizes a
+    little.
     `scale_range` is the crop's short side as a fraction of the largest crop of the output's
     aspect that fits the picture; crops are flipped left-right with probability 0.5.
     """
@@ -113,10 +133,11 @@ class LandscapeBank:
     def __init__(
         self,
         image_dir: str | Path | None = None,
-        builtin: Sequence[str] = tuple(BUILTIN_LANDSCAPES),
+        builtin: Sequence[str] | None = None,
         max_side: int = 1024,
         scale_range: tuple[float, float] = (0.5, 1.0),
         flip: bool = True,
+        holdout: bool = False,
     ) -> None:
         low, high = float(scale_range[0]), float(scale_range[1])
         if not 0.0 < low <= high <= 1.0:
@@ -125,12 +146,14 @@ class LandscapeBank:
                 f"got {list(scale_range)}"
             )
         self.image_dir = None if image_dir is None else Path(image_dir)
-        self.builtin = tuple(builtin)
-        unknown = [name for name in self.builtin if name not in BUILTIN_LANDSCAPES]
+        self.holdout = bool(holdout)
+        self._builtins = HELDOUT_LANDSCAPES if self.holdout else BUILTIN_LANDSCAPES
+        self.builtin = tuple(self._builtins if builtin is None else builtin)
+        unknown = [name for name in self.builtin if name not in self._builtins]
         if unknown:
             raise ValueError(
-                f"LandscapeBank: unknown built-in landscapes {unknown}; "
-                f"available: {sorted(BUILTIN_LANDSCAPES)}"
+                f"LandscapeBank: unknown {'held-out' if self.holdout else 'built-in'} "
+                f"landscapes {unknown}; available: {sorted(self._builtins)}"
             )
         self.max_side = max_side
         self.scale_range = (low, high)
@@ -147,7 +170,7 @@ class LandscapeBank:
             if not self.builtin:
                 raise ValueError("LandscapeBank: no image_dir and no built-in landscapes chosen")
             for name in self.builtin:
-                images.append(_downscale(BUILTIN_LANDSCAPES[name](), self.max_side))
+                images.append(_downscale(self._builtins[name](), self.max_side))
                 self._names.append(name)
         else:
             if not self.image_dir.is_dir():

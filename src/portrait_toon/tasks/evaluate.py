@@ -34,28 +34,118 @@ def _module_device(net: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _synthesized(
+    synthesizer: torch.nn.Module,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    landscapes: Any = None,
+) -> list[dict[str, torch.Tensor]]:
+    """The pairs `indices` in batches, with the synthesizer's stages (`background` = B(x), what
+    the background metric compares F(x) with); `landscapes(index)` gives CutFace pictures."""
+    batches = []
+    for start in range(0, len(indices), batch_size):
+        index = torch.tensor(indices[start : start + batch_size], dtype=torch.int64)
+        pictures = None if landscapes is None else landscapes(index)
+        with torch.no_grad():
+            batches.append(synthesizer(index.to(device), pictures, True))
+    return batches
+
+
+def heldout_indices(cfg: DictConfig, synthesizer: torch.nn.Module) -> list[int]:
+    """The plain frames' pair indices: `evaluate.num_images` from `evaluate.index_base` on,
+    stratified by framing and skin tone with `evaluate.stratified` (evaluation/heldout.py)."""
+    from portrait_toon.evaluation.heldout import stratified_indices
+
+    ev = cfg.evaluate
+    first, count = int(ev.index_base), int(ev.num_images)
+    if OmegaConf.select(cfg, "evaluate.stratified", default=False):
+        chosen = stratified_indices(synthesizer.generator, synthesizer.base_seed, first, count)
+        if chosen is not None:
+            return chosen
+        log.info("evaluate.stratified: the generator has no scene parameters; plain indices")
+    return list(range(first, first + count))
+
+
+def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """The held-out pairs, uncropped: `plain` frames (CutFace off); `cutface` pairs (CutFace
+    forced on, `evaluate.num_cutface`, when the config trains with it); `unseen_landscape`
+    CutFace pairs on pictures no training bank uses (`evaluate.num_unseen_landscape`, from
+    `evaluate.unseen_landscape_dir` or the held-out built-ins). Every set is a function of
+    the config and `evaluate.base_seed` only."""
+    from portrait_toon.synthesis.landscapes import LandscapeBank
+    from portrait_toon.synthesis.latents import pair_seed
+
+    ev = cfg.evaluate
+    base_seed, batch_size = int(ev.base_seed), int(ev.batch_size)
+    cut_on = {"crop": {"enabled": False}, "cutface": {"enabled": True, "p": 1.0}}
+    plain_synthesizer = build_synthesizer(
+        cfg,
+        base_seed=base_seed,
+        augmentation_overrides={"crop": {"enabled": False}, "cutface": {"p": 0.0}},
+    ).to(device)
+    plain_indices = heldout_indices(cfg, plain_synthesizer)
+    sets = {"plain": _synthesized(plain_synthesizer, plain_indices, batch_size, device)}
+    # CutFace and unseen-landscape pairs take indices after the plain frames' range
+    first = max(int(ev.index_base) + int(ev.num_images), max(plain_indices, default=0) + 1)
+    count = int(ev.num_cutface)
+    if count > 0 and OmegaConf.select(cfg, "augmentation.cutface.enabled", default=False):
+        cut_synthesizer = build_synthesizer(cfg, base_seed=base_seed, augmentation_overrides=cut_on)
+        indices = list(range(first, first + count))
+        sets["cutface"] = _synthesized(cut_synthesizer.to(device), indices, batch_size, device)
+    first += max(count, 0)
+    unseen = int(OmegaConf.select(cfg, "evaluate.num_unseen_landscape", default=0) or 0)
+    if unseen > 0:
+        bank = LandscapeBank(
+            OmegaConf.select(cfg, "evaluate.unseen_landscape_dir", default=None), holdout=True
+        )
+        size = (int(cfg.resolution), int(cfg.resolution))
+
+        def pictures(index: torch.Tensor) -> torch.Tensor:
+            return bank.sample_batch(pair_seed(base_seed, index, "unseen_landscape"), size)
+
+        cut_synthesizer = build_synthesizer(cfg, base_seed=base_seed, augmentation_overrides=cut_on)
+        indices = list(range(first, first + unseen))
+        sets["unseen_landscape"] = _synthesized(
+            cut_synthesizer.to(device), indices, batch_size, device, landscapes=pictures
+        )
+    return sets
+
+
 def heldout_batches(
     cfg: DictConfig, device: torch.device, *, cutface: bool
 ) -> list[dict[str, torch.Tensor]]:
-    """Held-out pairs in batches: plain frames, or CutFace pairs (right after the plain ones)."""
-    ev = cfg.evaluate
-    count = int(ev.num_cutface) if cutface else int(ev.num_images)
-    if count <= 0:
-        return []
-    first = int(ev.index_base) + (int(ev.num_images) if cutface else 0)
-    overrides: dict[str, Any] = {"crop": {"enabled": False}}
-    overrides["cutface"] = {"enabled": True, "p": 1.0} if cutface else {"p": 0.0}
-    synthesizer = build_synthesizer(
-        cfg, base_seed=int(ev.base_seed), augmentation_overrides=overrides
-    ).to(device)
-    batch_size = int(ev.batch_size)
-    batches = []
-    for start in range(first, first + count, batch_size):
-        index = torch.arange(start, min(start + batch_size, first + count), dtype=torch.int64)
-        with torch.no_grad():
-            # stages too: `background` = B(x), what the background metric compares F(x) with
-            batches.append(synthesizer(index.to(device), None, True))
-    return batches
+    """Held-out pairs in batches: the plain frames, or the CutFace pairs (see heldout_sets)."""
+    return heldout_sets(cfg, device).get("cutface" if cutface else "plain", [])
+
+
+def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
+    """(ST-LPIPS distance or None, factory of the distribution distances) as the config asks:
+    `evaluate.stlpips` (default true: background ST-LPIPS and `kid_stlpips`; needs the
+    stlpips-pytorch wheel's weights) and `evaluate.inception_weights` (a path: also
+    `fid_inception` / `kid_inception`)."""
+    from portrait_toon.evaluation.distribution import (
+        DistributionDistance,
+        InceptionFeatures,
+        STLPIPSFeatures,
+    )
+    from portrait_toon.nets.perceptual import ShiftTolerantLPIPS
+
+    perceptual = None
+    if OmegaConf.select(cfg, "evaluate.stlpips", default=True):
+        perceptual = ShiftTolerantLPIPS().to(device)
+    inception_path = OmegaConf.select(cfg, "evaluate.inception_weights", default=None)
+    inception = InceptionFeatures(inception_path).to(device) if inception_path else None
+
+    def make_distributions() -> list[DistributionDistance]:
+        distributions = []
+        if perceptual is not None:
+            distributions.append(DistributionDistance(STLPIPSFeatures(perceptual), "stlpips"))
+        if inception is not None:
+            distributions.append(DistributionDistance(inception, "inception", fid=True))
+        return distributions
+
+    return perceptual, make_distributions
 
 
 def _json_ready(value: Any) -> Any:
@@ -83,9 +173,10 @@ def evaluate_heldout(
     """Metrics of `net` on the held-out pairs -> metrics.json + demo_report.png in output_dir.
 
     Returns the metrics: the keys of `evaluate_stylizer` on the plain frames, `steps`, and
-    the same measures on the CutFace pairs under a `cutface_` prefix.
+    the background measures on the CutFace / unseen-landscape pairs under `cutface_` /
+    `unseen_landscape_` (evaluation/heldout.py `measure_sets`).
     """
-    from portrait_toon.evaluation.metrics import evaluate_stylizer
+    from portrait_toon.evaluation.heldout import measure_sets
     from portrait_toon.evaluation.report import save_demo_report
 
     output_dir = Path(output_dir)
@@ -93,22 +184,14 @@ def evaluate_heldout(
     net.eval()
     device = _module_device(net)
     try:
-        plain = heldout_batches(cfg, device, cutface=False)
-        cutface = (
-            heldout_batches(cfg, device, cutface=True)
-            if OmegaConf.select(cfg, "augmentation.cutface.enabled", default=False)
-            else []
-        )
-        metrics: dict[str, Any] = dict(evaluate_stylizer(net, plain))
-        if cutface:
-            cut_metrics = evaluate_stylizer(net, cutface)
-            for key in ("l1_output_target", "l1_input_target", "background_delta_e00_mean"):
-                if key in cut_metrics:
-                    metrics[f"cutface_{key}"] = cut_metrics[key]
+        sets = heldout_sets(cfg, device)
+        perceptual, make_distributions = metric_networks(cfg, device)
+        metrics = measure_sets(net, sets, perceptual, make_distributions)
         metrics["steps"] = int(steps)
         metrics = _json_ready(metrics)
         write_json(output_dir / METRICS_FILE, metrics)
-        save_demo_report(output_dir / REPORT_FILE, _report_rows(net, plain, cutface))
+        cut_rows = sets.get("cutface", []) + sets.get("unseen_landscape", [])
+        save_demo_report(output_dir / REPORT_FILE, _report_rows(net, sets["plain"], cut_rows))
     finally:
         net.train(was_training)
     log.info(
