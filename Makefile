@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=% TORCH_INDEX=%,$(MAKEOVERRIDES)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train synthesize preview stylize app evaluate weights test test-full bench lint format lock clean
+.PHONY: help install demo train synthesize preview stylize export app evaluate ablation weights test test-full bench lint format lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@# torch first, pinned and from TORCH_INDEX when given (README "Installing PyTorch")
 	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)" -r requirements.lock
-	$(VENV)/bin/pip install -q --no-deps -e ".[dev,app]"
+	$(VENV)/bin/pip install -q --no-deps -e ".[dev,app,export]"
 	@# the wheel carries the shift-tolerant LPIPS VGG16 weights used offline (we load the file only)
 	$(VENV)/bin/pip install -q --no-deps stlpips-pytorch==0.0.2
 	touch $(STAMP)
@@ -46,11 +46,17 @@ preview: $(STAMP) ## one PNG grid per synthesis stage for a few seeds
 stylize: $(STAMP) ## stylize images: make stylize ckpt=PATH input=DIR output=DIR
 	$(PY) stylize.py $(HYDRA_ARGS)
 
+export: $(STAMP) ## export F for other runtimes: make export ckpt=PATH [format=onnx|torchscript|exported_program]
+	$(PY) export.py $(HYDRA_ARGS)
+
 app: $(STAMP) ## web page on localhost: make app [ckpt=PATH] (default: newest trained)
 	$(PY) app.py $(HYDRA_ARGS)
 
 evaluate: $(STAMP) ## held-out metrics + report of a trained run: make evaluate ckpt_path=RUN_DIR
 	$(PY) evaluate.py $(HYDRA_ARGS)
+
+ablation: $(STAMP) ## the paper's baseline and each method step, one report: make ablation [debug=tiny]
+	$(PY) ablation.py $(HYDRA_ARGS)
 
 weights: $(STAMP) ## fetch the public checkpoints into paths.weights_dir (needs internet)
 	$(PY) scripts/fetch_weights.py $(HYDRA_ARGS)
