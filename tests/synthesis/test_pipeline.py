@@ -392,3 +392,27 @@ def test_shift_region_leaves_the_background_band_alone():
     assert float((whole_mask["tgt"][band] - composite[band]).abs().max()) > 0.05
     with pytest.raises(ValueError, match="shift_region"):
         make(color_reflection={"shift_region": "everything"})
+
+
+def test_full_body_switch():
+    options = {"cutface": {"enabled": False}, "crop": {"enabled": False}}
+    index = torch.arange(4)
+    on = make(stylizer=ClassicalToonStylizer(), **options)(index, return_stages=True)
+    off = make(stylizer=ClassicalToonStylizer(), full_body={"enabled": False}, **options)(
+        index, return_stages=True
+    )
+    # On: X_fb composites the character's head over B(X_src); off: the mixer's whole frame,
+    # colour-reflected like X_fb, with the same masks.
+    outside = (on["stage_head_mask"] == 0).expand_as(on["tgt"])
+    assert torch.equal(on["tgt"][outside], on["background"].clamp(-1, 1)[outside])
+    assert torch.equal(off["composite"], off["character"])
+    assert not torch.equal(off["tgt"][outside], off["background"].clamp(-1, 1)[outside])
+    for key in ("head_mask", "skin_mask", "stage_head_mask", "background"):
+        assert torch.equal(on[key], off[key]), key
+    plain = make(full_body={"enabled": False}, color_reflection={"enabled": False}, **options)
+    out = plain(index)
+    assert torch.equal(out["tgt"], plain(index, return_stages=True)["character"].clamp(-1, 1))
+    with pytest.raises(ValueError, match="full_body.enabled"):
+        make(full_body={"enabled": "no"})
+    with pytest.raises(ValueError, match="augmentation.full_body: unknown key"):
+        make(full_body={"enable": False})

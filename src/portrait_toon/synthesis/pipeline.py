@@ -37,10 +37,15 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULTS", "PairSynthesizer"]
 
-# Every key the four augmentation dicts accept, with its default (conf/augmentation/default.yaml
+# Every key the five augmentation dicts accept, with its default (conf/augmentation/default.yaml
 # documents them). Sizes in px are at `reference_resolution` (short side) and scale with the
 # image, so one config serves 64 px tests and 1024 px runs.
 DEFAULTS: dict[str, dict[str, Any]] = {
+    "full_body": {
+        # true: X_fb = X_cdsm * M_head + B(X_src) * (1 - M_head) (full-body aware synthesis);
+        # false: the mixer's whole frame is the target (the paper's two-stage baseline).
+        "enabled": True,
+    },
     "head_mask": {
         "classes": list(HEAD_CLASS_IDS),
         "dilate": 4.0,
@@ -130,7 +135,7 @@ class PairSynthesizer(nn.Module):
     """Synthetic training pairs (X_src, X_cr) from seeds, per docs/interfaces.md.
 
     `generator`, `mixer`, `segmenter` and `bg_stylizer` are the parts picked by the config
-    groups; the four dicts mirror `conf/augmentation/*.yaml` (unknown keys raise). All parts
+    groups; the five dicts mirror `conf/augmentation/*.yaml` (unknown keys raise). All parts
     are frozen and kept in eval mode; the synthesizer runs on the device of its parts.
     """
 
@@ -143,6 +148,7 @@ class PairSynthesizer(nn.Module):
         *,
         resolution: int,
         base_seed: int,
+        full_body: Mapping[str, Any] | None = None,
         head_mask: Mapping[str, Any] | None = None,
         color_reflection: Mapping[str, Any] | None = None,
         cutface: Mapping[str, Any] | None = None,
@@ -157,6 +163,7 @@ class PairSynthesizer(nn.Module):
         self.bg_stylizer = bg_stylizer
         self.resolution = int(resolution)
         self.base_seed = int(base_seed)
+        self.full_body_options = _merge_options("full_body", full_body)
         self.head_mask_options = _merge_options("head_mask", head_mask)
         self.color_options = _merge_options("color_reflection", color_reflection)
         self.cutface_options = _merge_options("cutface", cutface)
@@ -170,6 +177,11 @@ class PairSynthesizer(nn.Module):
         self.train(False)
 
     def _validate(self) -> None:
+        if not isinstance(self.full_body_options["enabled"], bool):
+            raise ValueError(
+                "augmentation.full_body.enabled must be true or false, got "
+                f"{self.full_body_options['enabled']!r}"
+            )
         color = self.color_options
         if color["target_skin"] not in TARGET_SKIN_CHOICES:
             raise ValueError(
@@ -460,9 +472,15 @@ class PairSynthesizer(nn.Module):
         rendered = self.render(index_cpu, parse_character=return_stages)
         photo, character, labels = rendered["photo"], rendered["character"], rendered["labels"]
         stage_head, stage_skin = self.masks(labels)
-        # Stage 2: stylised background and the composite X_fb.
-        background = self.bg_stylizer(photo)
-        composite = character * stage_head + background * (1.0 - stage_head)
+        # Stage 2: stylised background and the composite X_fb (docs/method.md, section 1).
+        # Without it (the two-stage baseline) the target is the mixer's whole frame; the masks
+        # are still made, for colour reflection, CutFace and the metrics.
+        full_body = self.full_body_options["enabled"]
+        background = self.bg_stylizer(photo) if full_body or return_stages else None
+        if full_body:
+            composite = character * stage_head + background * (1.0 - stage_head)
+        else:
+            composite = character
         corrected = self.reflect(
             composite, photo, character, stage_head, stage_skin, rendered["character_labels"]
         )

@@ -1,5 +1,6 @@
 """The embedded world's parts as the pipeline's modules: ProceduralGenerator (G_s's stand-in),
-ProceduralMixer (CDSM's) and ProceduralSegmenter (the face parser's), per docs/interfaces.md."""
+ProceduralMixer (CDSM's), ProceduralBlendMixer (the two-stage baseline's blended generator) and
+ProceduralSegmenter (the face parser's), per docs/interfaces.md."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from portrait_toon.synthesis.world.blend import BlendLook, blend_frame
 from portrait_toon.synthesis.world.renderer import ProceduralWorld
 from portrait_toon.synthesis.world.scene import Scene
 
@@ -46,13 +48,34 @@ class ProceduralMixer(nn.Module):
         """The character rendering [B, 3, H, W] of the scenes in `latents`."""
         if not isinstance(latents, Scene):
             raise TypeError(
-                "ProceduralMixer.render needs the Scene from ProceduralGenerator.sample, got "
-                f"{type(latents).__name__}; use mixer=procedural only with generator=procedural"
+                f"{type(self).__name__}.render needs the Scene from ProceduralGenerator.sample, "
+                f"got {type(latents).__name__}; use mixer=procedural or procedural_blend only "
+                "with generator=procedural"
             )
         return latents.character.to(self.device_anchor.device)
 
     def forward(self, latents: Scene) -> Tensor:
         return self.render(latents)
+
+
+class ProceduralBlendMixer(ProceduralMixer):
+    """Stands in for the paper's two-stage baseline (Toonify layer blending): the blended face
+    generator's whole frame, i.e. the character rendering with everything outside the face
+    re-rendered in the face generator's out-of-distribution look (world/blend.py). Options:
+    conf/mixer/procedural_blend.yaml."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.look = BlendLook.build(**options)
+
+    def render(self, latents: Scene) -> Tensor:
+        """The blended whole frame [B, 3, H, W] of the scenes in `latents`."""
+        character = super().render(latents)
+        labels = latents.character_labels.to(character.device)
+        return blend_frame(character, labels, latents.seeds, self.look)
+
+    def extra_repr(self) -> str:
+        return repr(self.look)
 
 
 class ProceduralSegmenter(nn.Module):
