@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 from golden import check_stats as golden_stats
-from golden import fill_state_dict, load_golden, sha256_mismatches, zeros_from_manifest
+from golden import (
+    check_stored,
+    fill_state_dict,
+    load_golden,
+    sha256_mismatches,
+    zeros_from_manifest,
+)
 
 from portrait_toon.checkpoints import load_into
 from portrait_toon.nets.animegan import Generator
@@ -16,7 +22,7 @@ from portrait_toon.nets.animegan import Generator
 MANIFEST = "animegan2_generator.json"
 CASES = ("sq", "ns", "odd")
 MODES = {"default": True, "ac_false": False}
-TOL = {"atol": 1e-4, "rtol": 1e-4}  # golden README section 4, full float32 tensors
+TOL = {"atol": 1e-4, "rtol": 1e-4}  # tests/data/golden/README.md section 4, float32 tensors
 TOL_F16 = {"atol": 1e-4, "rtol": 1e-3}  # against float16-stored tensors
 
 
@@ -60,12 +66,7 @@ def test_golden_outputs(golden, golden_net, case, mode):
     x = golden[f"in.{case}"]
     with torch.no_grad():
         out = golden_net(x, align_corners=MODES[mode])
-    key = f"out.{case}.{mode}"
-    check_stats(out, golden, key)
-    if key in golden:
-        torch.testing.assert_close(out, golden[key], **TOL)
-    else:
-        torch.testing.assert_close(out, golden[f"{key}.f16"].float(), **TOL_F16)
+    check_stored(out, golden, f"out.{case}.{mode}", tol=TOL, f16_tol=TOL_F16)
 
 
 def test_odd_size_shapes_follow_the_upsampling_mode(golden, golden_net):
@@ -106,7 +107,7 @@ def test_channels_last_fused_path_matches_golden(golden, golden_weights, mode):
     x = golden["in.odd"].contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out = net(x, align_corners=MODES[mode])
-    torch.testing.assert_close(out, golden[f"out.odd.{mode}"], **TOL)
+    check_stored(out, golden, f"out.odd.{mode}", tol=TOL, f16_tol=TOL_F16)
 
 
 def test_rejects_non_rgb_input(golden_net):
@@ -120,7 +121,7 @@ def test_module_graph_path_matches_golden(golden, golden_weights):
     net.eval().fused_inference = False  # the plain nn.Module graph
     with torch.no_grad():
         out = net(golden["in.odd"], align_corners=False)
-    torch.testing.assert_close(out, golden["out.odd.ac_false"], **TOL)
+    check_stored(out, golden, "out.odd.ac_false", tol=TOL, f16_tol=TOL_F16)
 
 
 @pytest.mark.parametrize("size", [(35, 53), (64, 48)])

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from golden import check_stats as golden_stats
-from golden import fill_state_dict, load_golden, sha256_mismatches, zeros_from_manifest
+from golden import (
+    check_stored,
+    fill_state_dict,
+    load_golden,
+    sha256_mismatches,
+    zeros_from_manifest,
+)
 
 from portrait_toon.checkpoints import load_into
 from portrait_toon.nets.bisenet import BiSeNet
@@ -16,7 +22,7 @@ from portrait_toon.nets.bisenet import BiSeNet
 MANIFEST = "bisenet_faceparsing_19.json"
 HEADS = ("feat_out", "feat_out16", "feat_out32")
 CASES = {"main": "in.x", "nonsquare": "in.x2"}
-TOL = {"atol": 1e-4, "rtol": 1e-4}  # golden README section 4, BiSeNet
+TOL = {"atol": 1e-4, "rtol": 1e-4}  # tests/data/golden/README.md section 4, BiSeNet
 
 
 def check_stats(actual: torch.Tensor, golden: dict, key: str) -> None:
@@ -93,7 +99,7 @@ def test_golden_head_outputs(golden, golden_run, case):
     run = golden_run[case]
     for head in HEADS:
         lowres = run[f"{head}.lowres"]
-        torch.testing.assert_close(lowres, golden[f"out.{case}.{head}.lowres"], **TOL)
+        check_stored(lowres, golden, f"out.{case}.{head}.lowres", tol=TOL, f16_tol=TOL)
         final = run["outs"][head]
         check_stats(final, golden, f"out.{case}.{head}")
         # the final output is the low-res head upsampled bilinearly with align_corners=True
@@ -138,7 +144,7 @@ def test_fold_bn_matches_and_keeps_state_dict(golden, golden_weights):
     assert net.cp.resnet.conv1.folded_weight is not None
     with torch.no_grad():
         lowres = net.main_logits_lowres(x)
-    torch.testing.assert_close(lowres, golden["out.nonsquare.feat_out.lowres"], **TOL)
+    check_stored(lowres, golden, "out.nonsquare.feat_out.lowres", tol=TOL, f16_tol=TOL)
 
     # loading new weights refolds them; train() drops the folded copies
     changed = {k: (v * 0.5 if v.is_floating_point() else v) for k, v in golden_weights.items()}

@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 from golden import check_stats as golden_stats
-from golden import fill_state_dict, load_golden, sha256_mismatches, zeros_from_manifest
+from golden import (
+    check_stored,
+    fill_state_dict,
+    load_golden,
+    sha256_mismatches,
+    zeros_from_manifest,
+)
 
 from portrait_toon.checkpoints import load_into
 from portrait_toon.nets.vgg import VGG, VGGFeatures, vgg16, vgg19
@@ -18,7 +24,7 @@ TAPS = {
     "vgg19": ("relu1_2", "relu2_2", "relu3_3", "relu3_4", "relu4_4", "relu5_4"),
     "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
 }
-TOL = {"atol": 2e-4, "rtol": 1e-4}  # golden README section 4, VGG
+TOL = {"atol": 2e-4, "rtol": 1e-4}  # tests/data/golden/README.md section 4, VGG
 TOL_F16 = {"atol": 1e-4, "rtol": 1e-3}
 
 
@@ -65,12 +71,7 @@ def test_golden_taps_features_and_logits(golden_case):
         logits = net(x)
     assert list(taps) == list(TAPS[arch])
     for name, value in taps.items():
-        key = f"out.{name}"
-        check_stats(value, golden, key)
-        if key in golden:
-            torch.testing.assert_close(value, golden[key], **TOL)
-        elif f"{key}.f16" in golden:
-            torch.testing.assert_close(value, golden[f"{key}.f16"].float(), **TOL_F16)
+        check_stored(value, golden, f"out.{name}", tol=TOL, f16_tol=TOL_F16)
     check_stats(features, golden, "out.features_out")
     torch.testing.assert_close(features, golden["out.features_out"], **TOL)
     torch.testing.assert_close(logits, golden["out.logits"], **TOL)
