@@ -53,10 +53,11 @@ def start(cfg: DictConfig) -> RunningApp:
 
     from portrait_toon.web import model_card
     from portrait_toon.web.examples import write_examples
-    from portrait_toon.web.handler import StylizeHandler, parse_tile
+    from portrait_toon.web.handler import StylizeHandler
     from portrait_toon.web.page import CSS, build_page, theme
 
     output_dir = Path(str(cfg.paths.output_dir))
+    tile_choice = page_tile_choice(cfg.tile)
     stylizer = load(cfg)
     logger.info("model: %s", stylizer.info.get("source"))
     world, indices = world_frames(cfg)
@@ -66,13 +67,8 @@ def start(cfg: DictConfig) -> RunningApp:
         world,
         world_indices=indices,
     )
-    try:
-        default_tile = parse_tile(str(cfg.tile) if cfg.tile is not None else "one pass")
-    except ValueError as error:
-        raise ConfigError(f"{error} (or a side in pixels); {USAGE}") from None
     handler = StylizeHandler(
         stylizer,
-        default_tile=default_tile,
         max_pixels=int(cfg.max_pixels),
         notify=lambda message: gr.Info(message, duration=4),
     )
@@ -81,6 +77,7 @@ def start(cfg: DictConfig) -> RunningApp:
         summary=model_card.summary(stylizer.info),
         details=model_card.details(stylizer.info),
         examples=examples,
+        default_tile=tile_choice,
         max_queue=int(cfg.max_queue),
     )
     try:
@@ -105,6 +102,20 @@ def start(cfg: DictConfig) -> RunningApp:
         ) from None
     url = f"http://{cfg.host}:{page.server_port}/"
     return RunningApp(page=page, url=url, stylizer=stylizer)
+
+
+def page_tile_choice(tile: Any) -> str:
+    """The config's `tile` (auto, null or a side in px) as the page's default tile choice."""
+    from portrait_toon.web.handler import parse_tile
+
+    choice = "one pass" if tile is None else str(tile)
+    try:
+        parse_tile(choice)
+    except ValueError:
+        raise ConfigError(
+            f"tile={tile}: give auto, null (one pass) or a tile side in pixels (e.g. 1024)"
+        ) from None
+    return choice
 
 
 def load(cfg: DictConfig) -> Any:

@@ -77,21 +77,19 @@ class StylizeHandler:
     """The endpoint's function: `handler(upload, options) -> PIL image` (or a gr.Error).
 
     `stylizer`: a `portrait_toon.Stylizer` (called on a uint8 [H, W, 3] array with a per-call
-    `tile`; its `plan(height, width, tile=...)` says how an image will run). `default_tile`:
-    what the page's "auto" choice means (the app's `tile` setting). `notify(message)` shows a
-    note on the page (gr.Info in the app); `max_pixels` bounds what an upload may decode to.
+    `tile`; its `plan(height, width, tile=...)` says how an image will run). `notify(message)`
+    shows a note on the page (gr.Info in the app); `max_pixels` bounds what an upload may
+    decode to.
     """
 
     def __init__(
         self,
         stylizer: Any,
         *,
-        default_tile: int | str | None = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         self.stylizer = stylizer
-        self.default_tile = default_tile
         self.max_pixels = int(max_pixels)
         self.notify = notify
 
@@ -100,20 +98,26 @@ class StylizeHandler:
 
         path, name = _upload_path(upload)
         if path is None:
-            raise gr.Error("No image: upload a photo or pick an example first.", title="No image")
+            raise gr.Error(
+                "No image: upload a photo or pick an example first.",
+                title="No image",
+                print_exception=False,
+            )
         options = dict(DEFAULT_OPTIONS, **(options or {}))
         try:
             tile = parse_tile(options["tile"])
             longest = parse_size(options["size"])
         except ValueError as error:
-            raise gr.Error(str(error), title="Bad option") from None
-        if tile == "auto":
-            tile = self.default_tile
+            raise gr.Error(str(error), title="Bad option", print_exception=False) from None
         try:
             image = read_image(path, max_pixels=self.max_pixels)
         except ImageReadError as error:
             logger.warning("upload %s rejected: %s", name, error.reason)
-            raise gr.Error(f"Cannot read '{name}': {error.reason}", title="Not an image") from None
+            raise gr.Error(
+                f"Cannot read '{name}': {error.reason}",
+                title="Cannot use this file",
+                print_exception=False,
+            ) from None
         image = _fit_longest_side(image, longest)
         height, width = image.shape[:2]
         plan = self.stylizer.plan(height, width, tile=tile)

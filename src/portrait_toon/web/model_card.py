@@ -63,7 +63,7 @@ def details(info: Mapping[str, Any]) -> str:
         ("synthesis parts", _parts(info.get("components") or {})),
         ("network", info.get("network")),
     ]
-    text = _table(("", ""), [(key, value) for key, value in rows if value not in (None, "")])
+    text = _table(("model", ""), [(key, value) for key, value in rows if value not in (None, "")])
     metrics = info.get("metrics")
     if metrics:
         text += "\n\n**Held-out metrics** (the run's metrics.json)\n\n"

@@ -17,14 +17,15 @@ from typing import Any
 from portrait_toon.web.examples import Example
 from portrait_toon.web.handler import DEFAULT_OPTIONS, SIZE_CHOICES, TILE_CHOICES
 
-__all__ = ["API_NAME", "build_page", "theme"]
+__all__ = ["API_NAME", "CSS", "build_page", "theme"]
 
 API_NAME = "stylize"
 TITLE = "portrait_toon: photo to Webtoon"
 # Plain system fonts: the default theme fetches web fonts, which an offline machine cannot.
 _FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 _MONO = ["ui-monospace", "monospace"]
-_CSS = """
+CSS = """
+#model-summary { border-left: 4px solid var(--color-accent); padding-left: 0.8em; }
 #model-card { font-size: 0.9em; }
 #credits { font-size: 0.8em; opacity: 0.8; }
 """
@@ -46,7 +47,11 @@ def build_page(
     max_queue: int | None = 16,
 ) -> Any:
     """The page as a `gr.Blocks` (queued, one request at a time); launch it with
-    `page.launch(theme=theme(), css=CSS, ...)` (see `tasks/app.py`)."""
+    `page.launch(theme=theme(), css=CSS, ...)` (see `tasks/app.py`).
+
+    `handler(upload, options)`: the endpoint's function (`web/handler.py`); `summary` and
+    `details`: Markdown of the model panel (`web/model_card.py`); `default_tile`: the tile
+    choice the page starts with (and API calls use)."""
     import gradio as gr
 
     options = dict(DEFAULT_OPTIONS, tile=default_tile)
@@ -75,7 +80,7 @@ def build_page(
             )
         with gr.Row():
             tile = gr.Dropdown(
-                list(TILE_CHOICES),
+                list(dict.fromkeys([*TILE_CHOICES, options["tile"]])),
                 value=options["tile"],
                 label="Tiles",
                 info="auto: one pass, or tiles when the photo would exceed the memory budget",
@@ -143,6 +148,3 @@ def build_page(
             )
     page.queue(max_size=max_queue, default_concurrency_limit=1)
     return page
-
-
-CSS = _CSS
