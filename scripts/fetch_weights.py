@@ -4,7 +4,9 @@
                                     [force=true] [timeout=SECONDS]
 
 Default folder: $PROJECT_ROOT/weights, else ./weights (as conf/paths/default.yaml). `all=true`
-adds the optional files (CoinCheung BiSeNetV2 Cityscapes weights, not a face parser).
+adds the optional files that no config reads: torchvision VGG16 (an LPIPS-VGG trunk) and
+CoinCheung's BiSeNetV2 Cityscapes weights (not a face parser); `only=NAME` fetches one by name.
+The table of files is src/portrait_toon/weights_registry.py.
 
 Downloads are atomic (temporary file + rename) and verified where a check is published
 (torchvision: SHA-256 prefix in the file name; AnimeGANv2: git blob SHA-1). Files that only
@@ -25,7 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from portrait_toon.checkpoints import KNOWN_WEIGHTS, KnownWeight, verify_weight_file  # noqa: E402
+from portrait_toon.weights_registry import (  # noqa: E402
+    KNOWN_WEIGHTS,
+    KnownWeight,
+    verify_weight_file,
+)
 
 urlopen = urllib.request.urlopen  # module attribute so tests can replace it (never download)
 DEFAULT_TIMEOUT_S = 5.0

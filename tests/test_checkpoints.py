@@ -1,6 +1,6 @@
-"""checkpoints.py and scripts/fetch_weights.py on files the tests build: every container kind,
-refusal of hostile pickles, mismatch reports, missing-weight errors, verification and the
-offline path of the fetcher (never a real download)."""
+"""checkpoints.py, weights_registry.py and scripts/fetch_weights.py on files the tests build:
+every container kind, refusal of hostile pickles, mismatch reports, missing-weight errors,
+verification and the offline path of the fetcher (never a real download)."""
 
 from __future__ import annotations
 
@@ -20,22 +20,24 @@ from safetensors.torch import save_file
 from torch import nn
 
 from portrait_toon.checkpoints import (
-    KNOWN_WEIGHTS,
     CheckpointError,
     CheckpointMismatchError,
-    KnownWeight,
-    MissingWeightsError,
     extract_state_dict,
-    file_sha256,
-    git_blob_sha1,
     load_into,
     load_state_dict_file,
     load_stylegan2_checkpoint,
-    resolve_weight,
-    verify_weight_file,
 )
 from portrait_toon.nets.bisenet import BiSeNet
 from portrait_toon.nets.vgg import vgg16, vgg19
+from portrait_toon.weights_registry import (
+    KNOWN_WEIGHTS,
+    KnownWeight,
+    MissingWeightsError,
+    file_sha256,
+    git_blob_sha1,
+    resolve_weight,
+    verify_weight_file,
+)
 
 
 def small_generator_sd(offset: float = 0.0) -> OrderedDict[str, torch.Tensor]:
@@ -462,11 +464,12 @@ def test_fetcher_arguments(fetcher, tmp_path):
     opts = fetcher.parse_args([f"paths.weights_dir={tmp_path}", "only=vgg16-397923af.pth"])
     assert opts.weights_dir == tmp_path
     assert [w.filename for w in fetcher.select(opts)] == ["vgg16-397923af.pth"]
-    default = fetcher.select(fetcher.parse_args([]))
-    assert "model_final_v2_city.pth" not in {w.filename for w in default}
-    assert "model_final_v2_city.pth" in {
-        w.filename for w in fetcher.select(fetcher.parse_args(["all=true"]))
-    }
+    default = {w.filename for w in fetcher.select(fetcher.parse_args([]))}
+    # optional files, which no config reads, are fetched only by name or with all=true
+    assert "model_final_v2_city.pth" not in default and "vgg16-397923af.pth" not in default
+    assert {"vgg19-dcbb9e9d.pth", "face_paint_512_v2.pt"} <= default
+    everything = {w.filename for w in fetcher.select(fetcher.parse_args(["all=true"]))}
+    assert {"model_final_v2_city.pth", "vgg16-397923af.pth"} <= everything
     with pytest.raises(SystemExit, match="unknown file"):
         fetcher.parse_args(["only=nope.pt"])
 

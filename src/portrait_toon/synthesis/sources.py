@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portrait_toon.checkpoints import (
-    KNOWN_WEIGHTS,
     MissingWeightsError,
     load_into,
     load_stylegan2_checkpoint,
@@ -31,6 +30,7 @@ from portrait_toon.nets.animegan import Generator as AnimeGANGenerator
 from portrait_toon.nets.stylegan2 import Generator
 from portrait_toon.synthesis.background import AnimeGANStylizer
 from portrait_toon.synthesis.latents import gaussian_latents
+from portrait_toon.weights_registry import KNOWN_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ def resolve_checkpoint(
 ) -> Path:
     """The file `name` as given, or inside `weights_dir`.
 
-    A known public file (checkpoints.KNOWN_WEIGHTS) that is missing raises
-    `MissingWeightsError` from `checkpoints.resolve_weight` (names the file, where it comes
+    A known public file (weights_registry.KNOWN_WEIGHTS) that is missing raises
+    `MissingWeightsError` from `weights_registry.resolve_weight` (names the file, where it comes
     from and `make weights`); any other missing file raises one naming the file and
     `how_to_get` (e.g. the task that writes it).
     """
