@@ -250,3 +250,33 @@ def test_no_trained_stylizer_names_where_it_looked(tmp_path: Path) -> None:
     assert default_checkpoint(cfg) == str(older)
     os.utime(newer, (time.time() + 120, time.time() + 120))
     assert default_checkpoint(cfg) == str(newer)
+
+
+# ------------------------------------------------------------------------------ page options
+
+
+def test_size_and_tile_options(tmp_path: Path) -> None:
+    """ "size" scales the longest side down first; a fixed tile gives the one-pass result up to
+    the seams' blend; a bad choice is a message, not a crash."""
+    import gradio as gr
+
+    from portrait_toon import Stylizer
+    from portrait_toon.web.handler import StylizeHandler
+
+    stylizer = Stylizer.load(tiny_stylizer(tmp_path / "run"), device="cpu")
+    notes: list[str] = []
+    handler = StylizeHandler(stylizer, notify=notes.append)
+    path = tmp_path / "wide.png"
+    Image.fromarray(photo(150, 600)).save(path)
+
+    small = handler(str(path), {"tile": "auto", "size": "512"})
+    assert small.size == (512, 128)
+    whole = np.asarray(handler(str(path), {"tile": "one pass", "size": "original"}))
+    tiled = np.asarray(handler(str(path), {"tile": "512", "size": "original"}))
+    assert whole.shape == tiled.shape == (150, 600, 3)
+    assert np.abs(whole.astype(int) - tiled).mean() < 2.0
+    assert "one pass" in notes[1] and "tiles of 512 px" in notes[2]
+    with pytest.raises(gr.Error, match="tile='7x'"):
+        handler(str(path), {"tile": "7x"})
+    with pytest.raises(gr.Error, match="No image"):
+        handler(None)

@@ -121,7 +121,9 @@ class StylizeHandler:
         image = _fit_longest_side(image, longest)
         height, width = image.shape[:2]
         plan = self.stylizer.plan(height, width, tile=tile)
-        how = "one pass" if plan.tile is None else f"tiles of {plan.tile} px"
+        # a tile at least the image's size is one pass (the stylizer runs it so)
+        one_pass = plan.tile is None or max(height, width) <= plan.tile
+        how = "one pass" if one_pass else f"tiles of {plan.tile} px"
         start = time.perf_counter()
         try:
             output = self.stylizer(image, tile=tile)
