@@ -137,7 +137,9 @@ def test_page_in_browser(served, tmp_path: Path) -> None:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=["--no-sandbox"]
+            executable_path=executable,
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
