@@ -237,6 +237,38 @@ def test_stylize_endpoint_rejects_bad_files_and_keeps_serving(
     assert Image.open(client.predict(handle_file(str(good)), api_name="/stylize")).size == (24, 16)
 
 
+def test_requests_run_one_at_a_time(served, tmp_path: Path, monkeypatch) -> None:
+    """Three requests at once: the queue runs them one after another (never two images in
+    memory together), and every one gets its answer."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    lock = threading.Lock()
+    active, most = [0], [0]
+    run = served.stylizer._array
+
+    def counted(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.3)  # long enough for the other requests to arrive meanwhile
+            return run(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(served.stylizer, "_array", counted)
+    path = tmp_path / "p.png"
+    Image.fromarray(photo(32, 40)).save(path)
+    client = Client(served.url, verbose=False)
+    jobs = [client.submit(handle_file(str(path)), api_name="/stylize") for _ in range(3)]
+    sizes = [Image.open(job.result(timeout=WAIT_MS / 1000)).size for job in jobs]
+    assert sizes == [(40, 32)] * 3
+    assert most[0] == 1
+
+
 # ------------------------------------------------------------------------------ no model yet
 
 
