@@ -1,4 +1,4 @@
-"""Shared measuring tools for the benchmark scripts (BENCHMARKS.md protocol).
+"""Shared measuring tools for the benchmark scripts (docs/design.md §5 protocol).
 
 Every script measures the machine's own peaks in the same process, right before its networks,
 and reports its figures as fractions of them: these machines drift too much for absolute times.

@@ -1,6 +1,6 @@
 """Forward throughput of the public-format networks (face-parsing BiSeNet 512², AnimeGANv2 512²,
 VGG19 features 256², and StyleGAN2 G/D 256 batch 4 when available) as % of the same-run conv
-peak, in contiguous and channels_last layouts; prints JSON (BENCHMARKS.md protocol).
+peak, in contiguous and channels_last layouts; prints JSON (docs/design.md §5 protocol).
 
 Weights are the modules' own random init (speed does not depend on their values). The
 headline variant of each network is the one the project runs; the others are for comparison.
@@ -21,7 +21,7 @@ from portrait_toon.nets.bisenet import BiSeNet
 from portrait_toon.nets.vgg import vgg19
 
 CL = torch.channels_last
-# BENCHMARKS.md: target and upstream figures, % of the same-run conv peak
+# docs/design.md §5: target and upstream figures, % of the same-run conv peak
 TARGETS_PCT = {"bisenet": 70.0, "animegan": 55.0, "vgg19": 85.0, "sg2_g": 65.0, "sg2_d": 60.0}
 UPSTREAM_PCT = {"bisenet": 63.0, "animegan": 38.0, "vgg19": 89.0, "sg2_g": 32.0, "sg2_d": 33.0}
 

@@ -2,7 +2,7 @@
 1024^2, and at 4K (3840x2160) untiled and tiled with the peak RSS of each 4K run; prints JSON.
 
 Each 4K run happens in its own subprocess so its peak RSS is not mixed with the other runs'.
-The AnimeGANv2 generator at 512^2 is timed in the same run as the reference BENCHMARKS.md uses
+The AnimeGANv2 generator at 512^2 is timed in the same run as the reference docs/design.md §5 uses
 (F must take at most half its time). 4K runs use 3 timed runs instead of 5 (one is ~20 s).
 Usage: python benchmarks/stylize.py [--skip-4k]
 """

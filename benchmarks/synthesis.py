@@ -3,7 +3,7 @@
 ms per batch for each synthesis stage and for a whole `forward`, and pairs/s, at each
 resolution (default: batch 16 at 128 and 256 px, the embedded world's procedural parts and the
 classical background stylizer). Absolute times drift on these shared machines, so the same-run
-conv/matmul peaks are reported alongside (BENCHMARKS.md protocol).
+conv/matmul peaks are reported alongside (docs/design.md §5 protocol).
 
 Adding a stage: write a `(name, callable)` into `stage_cases` (the callables get the inputs of
 one prepared batch), or a new parts builder in `PARTS` for other generators/mixers/parsers.
@@ -17,7 +17,7 @@ face-parsing BiSeNet at 512 px and (with `--bg animegan`) AnimeGANv2, all RANDOM
 (no weight files are read; the cost does not depend on the values). `--gen-size`/`--gen-arch`
 shrink the generators (`--gen-arch tiny` = the debug=tiny sizes). `--train-step` adds the time of
 one training step of F (default U-Net + PatchGAN, L1 + shift-tolerant LPIPS + hinge GAN) on the
-synthesized batch and the ratio synthesis / train step (BENCHMARKS.md: <= 0.3); `--reuse 1,4`
+synthesized batch and the ratio synthesis / train step (docs/design.md §5: <= 0.3); `--reuse 1,4`
 adds the ratio per training step when each synthesized batch serves k steps (data.reuse=k).
 `--render-size full` renders the whole 1024 px image (default auto: up to the working size).
   python benchmarks/synthesis.py --parts stylegan2 --bg animegan --sizes 256,512 --batch 2 \

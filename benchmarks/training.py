@@ -7,7 +7,7 @@ channels_last as training runs (plus the L1 step in the contiguous layout, and w
 colour look-up table, for comparison); total ms per step, pairs/s and the synthesis share.
 Inference: ms per image, GFLOP and % of the same-run conv peak for F (default U-Net with its
 colour look-up table) and for the AnimeGANv2 architecture at 256/512/1024,
-each in its faster memory format, and their time ratio (BENCHMARKS.md: F <= 0.5x AnimeGANv2
+each in its faster memory format, and their time ratio (docs/design.md §5: F <= 0.5x AnimeGANv2
 at 512^2).
 
 Usage: python benchmarks/training.py [--sizes 128,256] [--batch 8] [--infer-sizes 256,512,1024]

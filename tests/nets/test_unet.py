@@ -112,7 +112,7 @@ def test_bad_config_is_a_clear_error(kwargs: dict, message: str) -> None:
 
 
 def test_default_is_light() -> None:
-    # BENCHMARKS.md: F must cost at most half of AnimeGANv2 (210 GFLOP at 512^2). FLOPs scale
+    # docs/design.md §5: F must cost at most half of AnimeGANv2 (210 GFLOP at 512^2). FLOPs scale
     # with the pixel count, so count at 128^2 and scale by 16.
     net = UNet().eval()
     x = torch.zeros(1, 3, 128, 128)

@@ -20,7 +20,7 @@ CELEBAMASK_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 CLASS_ID = {name: idx for idx, name in enumerate(CELEBAMASK_CLASSES)}
 
-# METHOD.md section 1: the head is every face part, the neck and the hair (ids 1-14 and 17);
+# docs/method.md §1.4: the head is every face part, the neck and the hair (ids 1-14 and 17);
 # never background (0), necklace (15) or cloth (16). Hat (18) is optional.
 HEAD_CLASS_IDS: tuple[int, ...] = (*range(1, 15), 17)
 SKIN_CLASS_IDS: tuple[int, ...] = (CLASS_ID["skin"], CLASS_ID["nose"])

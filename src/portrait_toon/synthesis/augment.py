@@ -1,7 +1,7 @@
 """Paired geometric augmentation: one random scale/crop/flip per pair, applied to every tensor.
 
 Parameters are drawn on the CPU from the pair's own seed (stream "crop"), so source, target and
-masks move identically on any device. Never a colour change on one side only (METHOD.md 4).
+masks move identically on any device. Never a colour change on one side only (docs/method.md §4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Background stylizers B(x): a licence-clean classical toon filter, AnimeGANv2, the identity.
 
-`ClassicalToonStylizer` is the "keeps the input's colours" stylizer of METHOD.md section 1
+`ClassicalToonStylizer` is the "keeps the input's colours" stylizer of docs/method.md §1.5
 (edge-preserving smoothing, colour quantisation around the input's own colours, dark edges),
 after Winnemoeller, Olsen & Gooch, "Real-time video abstraction" (SIGGRAPH 2006), in torch.
 """

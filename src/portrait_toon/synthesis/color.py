@@ -1,4 +1,4 @@
-"""Colour reflection (METHOD.md section 2): keep the user's skin tone instead of the character's.
+"""Colour reflection (docs/method.md §2): keep the user's skin tone instead of the character's.
 
 `Lab(X_cr) = Lab(X_fb) + M_head * alpha o (mu_s - mu_t)` in CIELAB (D65, kornia), plus the
 CIEDE2000 colour difference `delta_e00` that the tests and the evaluation use.

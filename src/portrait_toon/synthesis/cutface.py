@@ -1,4 +1,4 @@
-"""CutFace (METHOD.md section 3): face tiles pasted into the SAME boxes of L and B(L).
+"""CutFace (docs/method.md §3): face tiles pasted into the SAME boxes of L and B(L).
 
 With probability p a pair becomes a landscape `L` (source side) and `B(L)` (target side) with
 k ~ U{1..K} non-overlapping square tiles; each tile holds a crop around the pair's head taken

@@ -1,4 +1,4 @@
-"""Landscape photos for CutFace (METHOD.md section 3): built-in pictures or a user folder.
+"""Landscape photos for CutFace (docs/method.md §3): built-in pictures or a user folder.
 
 Built-in pictures ship inside installed packages, so CutFace works offline with no download:
 - scikit-learn `china.jpg` (Summer Palace, by danielbuechele) and `flower.jpg` (by vultilion),

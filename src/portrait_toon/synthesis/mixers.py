@@ -1,5 +1,5 @@
-"""Mixers: the cartoon of a source latent. Cross-domain style mixing (CDSM, METHOD.md 1), Toonify
-layer swapping (the baseline, METHOD.md 0) and the identity (ablation).
+"""Mixers: the cartoon of a source latent. Cross-domain style mixing (CDSM, docs/method.md
+§1.3), Toonify layer swapping (the baseline, docs/method.md §0) and the identity (ablation).
 
 Each takes the source generator (`sources.StyleGAN2Generator`) and renders from the W+ latents
 its `sample` returns: `render(wplus) -> images [B, 3, size, size]` in [-1, 1] at the
@@ -133,7 +133,7 @@ class LayerPlan:
 
 
 class CDSMMixer(nn.Module):
-    """Cross-domain style mixing (METHOD.md section 1).
+    """Cross-domain style mixing (docs/method.md §1.3).
 
     For every modulated layer l of the style order (`Generator.modulated_layers()`):
     - style: s_l = A^t_l(w_c[i_l]) (G_t's affine on the character code) when the layer's W+

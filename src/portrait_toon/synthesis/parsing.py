@@ -1,7 +1,7 @@
 """Masks from face-parsing label maps: the head mask (dilated + feathered) and the skin mask.
 
 Labels are int64 [B, H, W] with the CelebAMask-HQ class ids of `portrait_toon.nets.bisenet`;
-masks are float [B, 1, H, W] in [0, 1] (METHOD.md section 1).
+masks are float [B, 1, H, W] in [0, 1] (docs/method.md §1.4).
 """
 
 from __future__ import annotations

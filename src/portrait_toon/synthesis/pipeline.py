@@ -1,7 +1,7 @@
 """PairSynthesizer: the synthesis stages composed into (src, tgt) training pairs, batched.
 
 generator -> mixer -> segmenter -> masks -> background stylizer -> composite X_fb -> colour
-reflection X_cr -> CutFace -> paired crop/flip (METHOD.md sections 1-3, docs/interfaces.md).
+reflection X_cr -> CutFace -> paired crop/flip (docs/method.md §1-3, docs/interfaces.md).
 Pair `i` is a pure function of `(base_seed, i)` and the configuration.
 """
 
@@ -277,7 +277,7 @@ class PairSynthesizer(nn.Module):
     def render(
         self, index: torch.Tensor, parse_character: bool = False
     ) -> dict[str, torch.Tensor | None]:
-        """Stage 1 (METHOD.md 1): photo X_src, character X_cdsm and parse labels at
+        """Stage 1 (docs/method.md §1): photo X_src, character X_cdsm and parse labels at
         `resolution`; `character_labels` when colour reflection parses the character or
         `parse_character` asks for it (None otherwise).
 
@@ -321,7 +321,7 @@ class PairSynthesizer(nn.Module):
         skin: torch.Tensor,
         character_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Stage 3 (METHOD.md 2): colour reflection X_fb -> X_cr (identity when disabled)."""
+        """Stage 3 (docs/method.md §2): colour reflection X_fb -> X_cr (identity when disabled)."""
         color = self.color_options
         if not color["enabled"]:
             return composite
@@ -363,7 +363,7 @@ class PairSynthesizer(nn.Module):
         labels: torch.Tensor,
         landscapes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stage 4 (METHOD.md 3): `(src, tgt, head, skin, is_cutface)`, CutFace pairs replaced
+        """Stage 4 (docs/method.md §3): `(src, tgt, head, skin, is_cutface)`, CutFace pairs replaced
         by tiles on L / B(L). `index` is the CPU int64 index of the pairs."""
         is_cutface = torch.zeros(index.shape[0], dtype=torch.bool)
         cut = self.cutface_options

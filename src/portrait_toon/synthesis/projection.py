@@ -1,5 +1,5 @@
 """Projection of character images into the target generator's W+ (the character code w_c of
-METHOD.md section 1): optimisation of one W+ code (and per-image noise maps) per image.
+docs/method.md §1.2): optimisation of one W+ code (and per-image noise maps) per image.
 
 After the StyleGAN2 paper's projector (Karras et al. 2020, appendix D): start at latent_avg,
 Adam with a linear learning-rate ramp-up and cosine ramp-down, Gaussian noise on the latent that

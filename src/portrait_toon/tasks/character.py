@@ -1,5 +1,5 @@
 """`python synthesize.py task=character`: project the character's faces into G_t's W+ and save
-the character code w_c (their mean code) that mixer=cdsm renders with (METHOD.md section 1).
+the character code w_c (their mean code) that mixer=cdsm renders with (docs/method.md §1.2).
 
 Writes `<character.out_dir>/w_c.pt` (format `portrait_toon.character_code/1`: `w_c`
 [n_latent, style_dim], `codes` [k, n_latent, style_dim], `names`, per-image losses, the G_t

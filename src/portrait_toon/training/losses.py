@@ -1,6 +1,6 @@
 """Losses of the stylization network: L1, perceptual, and GAN (hinge / non-saturating).
 
-Total generator loss (METHOD.md section 4): l1 * L1 + perceptual.weight * P + adv.weight * GAN,
+Total generator loss (docs/method.md §4): l1 * L1 + perceptual.weight * P + adv.weight * GAN,
 the adversarial term only after `adv.warmup_steps`. GAN losses take the discriminator's list of
 logit maps (one per scale) and average over scales.
 """

@@ -1,4 +1,4 @@
-"""LightningModule that trains the stylization network F on synthetic pairs (METHOD.md 4).
+"""LightningModule that trains the stylization network F on synthetic pairs (docs/method.md §4).
 
 One training step = one generator step (L1 + perceptual + GAN after its warm-up), then, once
 the GAN is on, one discriminator step; both optimised manually. `trainer.global_step` counts
