@@ -161,6 +161,8 @@ def test_page_in_browser(served, tmp_path: Path) -> None:
             assert shown.shape == source.shape
             assert np.abs(shown.astype(float) - source).mean() > 2.0
             first_src = output.get_attribute("src")
+            download = page.locator("#output-image a[download]").first
+            assert download.get_attribute("download") == "photo_toon.png"
 
             page.set_input_files("#input-image input[type=file]", str(text_path))
             message = page.get_by_text("Cannot read 'notes.png'", exact=False)
@@ -299,14 +301,16 @@ def test_size_and_tile_options(tmp_path: Path) -> None:
 
     stylizer = Stylizer.load(tiny_stylizer(tmp_path / "run"), device="cpu")
     notes: list[str] = []
-    handler = StylizeHandler(stylizer, notify=notes.append)
+    handler = StylizeHandler(stylizer, results_dir=tmp_path / "results", notify=notes.append)
     path = tmp_path / "wide.png"
     Image.fromarray(photo(150, 600)).save(path)
 
     small = handler(str(path), {"tile": "auto", "size": "512"})
-    assert small.size == (512, 128)
-    whole = np.asarray(handler(str(path), {"tile": "one pass", "size": "original"}))
-    tiled = np.asarray(handler(str(path), {"tile": "512", "size": "original"}))
+    assert Path(small).name == "wide_toon.png"
+    assert Image.open(small).size == (512, 128)
+    whole = np.asarray(Image.open(handler(str(path), {"tile": "one pass", "size": "original"})))
+    tiled = np.asarray(Image.open(handler(str(path), {"tile": "512", "size": "original"})))
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["wide_toon.png"]
     assert whole.shape == tiled.shape == (150, 600, 3)
     assert np.abs(whole.astype(int) - tiled).mean() < 2.0
     assert "one pass" in notes[1] and "tiles of 512 px" in notes[2]

@@ -9,6 +9,8 @@ localhost until Ctrl-C.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,17 @@ EXAMPLES_FOLDER = "examples"
 
 @dataclass
 class RunningApp:
-    """A served page: its Gradio Blocks, its URL and the stylizer behind it."""
+    """A served page: its Gradio Blocks, its URL, the stylizer behind it and the folder its
+    latest result is written to."""
 
     page: Any
     url: str
     stylizer: Any
+    results_dir: Path
 
     def close(self) -> None:
         self.page.close()
+        shutil.rmtree(self.results_dir, ignore_errors=True)
 
 
 def serve(cfg: DictConfig) -> None:
@@ -67,8 +72,11 @@ def start(cfg: DictConfig) -> RunningApp:
         world,
         world_indices=indices,
     )
+    # the latest result (served by Gradio from its own copy); a temp folder, removed on close
+    results_dir = Path(tempfile.mkdtemp(prefix="portrait_toon_app_"))
     handler = StylizeHandler(
         stylizer,
+        results_dir=results_dir,
         max_pixels=int(cfg.max_pixels),
         notify=lambda message: gr.Info(message, duration=4),
     )
@@ -96,12 +104,13 @@ def start(cfg: DictConfig) -> RunningApp:
         )
     except OSError as error:
         page.close()
+        shutil.rmtree(results_dir, ignore_errors=True)
         raise ConfigError(
             f"host={cfg.host} port={cfg.port}: cannot serve there ({error}); pick a free port, "
             "e.g. port=7861"
         ) from None
     url = f"http://{cfg.host}:{page.server_port}/"
-    return RunningApp(page=page, url=url, stylizer=stylizer)
+    return RunningApp(page=page, url=url, stylizer=stylizer, results_dir=results_dir)
 
 
 def page_tile_choice(tile: Any) -> str:

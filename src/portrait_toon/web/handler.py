@@ -11,6 +11,7 @@ would then fail with a bare "Error" and no reason.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from portrait_toon.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from portrait_toon.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image, write_image
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -74,26 +75,30 @@ def _fit_longest_side(image: np.ndarray, longest: int | None) -> np.ndarray:
 
 
 class StylizeHandler:
-    """The endpoint's function: `handler(upload, options) -> PIL image` (or a gr.Error).
+    """The endpoint's function: `handler(upload, options) -> PNG path` (or a gr.Error).
 
     `stylizer`: a `portrait_toon.Stylizer` (called on a uint8 [H, W, 3] array with a per-call
     `tile`; its `plan(height, width, tile=...)` says how an image will run). `notify(message)`
     shows a note on the page (gr.Info in the app); `max_pixels` bounds what an upload may
-    decode to.
+    decode to. The result is written to `results_dir` as `<upload name>_toon.png`, the name
+    the page's download button offers; Gradio serves its own copy, so each request first
+    removes the previous result (requests run one at a time).
     """
 
     def __init__(
         self,
         stylizer: Any,
         *,
+        results_dir: str | Path,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         self.stylizer = stylizer
         self.max_pixels = int(max_pixels)
         self.notify = notify
+        self.results_dir = Path(results_dir)
 
-    def __call__(self, upload: Any, options: Mapping[str, str] | None = None) -> Image.Image:
+    def __call__(self, upload: Any, options: Mapping[str, str] | None = None) -> str:
         import gradio as gr
 
         path, name = _upload_path(upload)
@@ -142,7 +147,15 @@ class StylizeHandler:
         logger.info("stylized %s (%dx%d, %s) in %.2f s", name, width, height, how, seconds)
         if self.notify is not None:
             self.notify(f"{name}: {width}x{height} px, {how}, {seconds:.1f} s")
-        return Image.fromarray(np.asarray(output, dtype=np.uint8))
+        return str(self._save(np.asarray(output, dtype=np.uint8), name))
+
+    def _save(self, image: np.ndarray, name: str) -> Path:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.results_dir.glob("*.png"):
+            old.unlink(missing_ok=True)
+        # the user's file name, reduced to characters safe in any file system
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "image"
+        return write_image(self.results_dir / f"{stem}_toon.png", image, overwrite=True)
 
 
 def _upload_path(upload: Any) -> tuple[str | None, str]:

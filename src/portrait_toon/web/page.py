@@ -55,7 +55,8 @@ def build_page(
     import gradio as gr
 
     options = dict(DEFAULT_OPTIONS, tile=default_tile)
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    # Gradio keeps every upload and result in its cache: hourly, drop those over two hours old
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 7200)) as page:
         gr.Markdown(
             f"# {TITLE}\nUpload a photo of a person (or pick an example below); the stylized "
             "image appears on the right, at the photo's size. Use the download button on the "
