@@ -1,0 +1,432 @@
+"""`make gpu-check`: check and measure every GPU path in one command, in under 5 minutes.
+
+On a machine with CUDA, three phases, each step a subprocess with its own time limit inside a
+global budget (default 300 s); each step's outcome is printed as it finishes, and the whole
+result is one JSON document printed at the end and written to `--out`:
+1. correctness: `pytest -m gpu tests/gpu` (CUDA against CPU: the public networks on the golden
+   inputs, F in fp32 and bf16 autocast, the Stylizer, the PairSynthesizer's pairs, colour
+   reflection and CutFace), with pass/fail counts and each case's error figures;
+2. training, at the same time as 1: `experiment=demo debug=tiny trainer=gpu`,
+   `experiment=webtoonme_512 debug=tiny trainer=gpu` (bf16-mixed) and `debug=tiny trainer=ddp`
+   on every visible GPU (NCCL, SyncBatchNorm), each checked for its checkpoint, metrics.json and
+   stylizer.pt;
+3. figures, one at a time (benchmarks/gpu_figures.py): synthesis pairs/s at 512 px with its
+   stages, F's bf16-mixed train step, synthesis / train-step time, inference fps at 1024^2 and
+   4K (fp32, bf16; eager and torch.compile) for F and AnimeGANv2, peak GPU memory of each.
+A failing step is recorded with its error and the others still run; the exit status is 1 when
+any step failed or was left out for lack of time. Without CUDA it says so and exits 0.
+
+Usage: python benchmarks/gpu_check.py [--out FILE] [--budget 300] [--only tests,train,figure]
+Run folders and logs go next to the JSON file (default logs/gpu_check/<time>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUDGET_S = 300.0
+MIN_STEP_S = 10.0  # a step with less time than this left is not started
+TIME_LIMIT = "{time_limit}"  # in a step's command: replaced by its seconds left, minus 15
+TRAIN_STEPS = 4  # debug=tiny: trainer.max_steps
+TRAIN_BATCH = 2  # debug=tiny: data.batch_size (per rank)
+
+
+# ------------------------------------------------------------------------------- step runner
+@dataclass
+class Outcome:
+    """How a step's process ended."""
+
+    returncode: int | None
+    seconds: float
+    timed_out: bool
+    log: Path
+
+
+@dataclass
+class Step:
+    """One subprocess of the check. `check(outcome)` reads what the step wrote and returns its
+    figures (raise to fail the step); it runs also when the process failed."""
+
+    name: str
+    phase: str
+    command: list[str]
+    limit_s: float
+    check: Callable[[Outcome], dict] = lambda outcome: {}
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class StepRunner:
+    """Runs groups of steps (a group's steps at the same time) inside one time budget."""
+
+    def __init__(
+        self,
+        budget_s: float,
+        log_dir: Path,
+        echo: Callable[[str], None] = print,
+        min_step_s: float = MIN_STEP_S,
+    ) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + budget_s
+        self.log_dir = log_dir
+        self.echo = echo
+        self.min_step_s = min_step_s
+        self.records: list[dict] = []
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def run_group(self, steps: list[Step]) -> list[dict]:
+        running = []
+        for step in steps:
+            limit = min(step.limit_s, self.remaining())
+            if limit < self.min_step_s:
+                self._finish(step, None, limit)
+                continue
+            log = self.log_dir / f"{_slug(step.name)}.log"
+            handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
+            # a step that keeps its own time gets what is left of its limit (15 s to spare)
+            own_limit = str(round(max(5.0, limit - 15.0)))
+            process = subprocess.Popen(
+                [arg.replace(TIME_LIMIT, own_limit) for arg in step.command],
+                cwd=REPO_ROOT,
+                env={**os.environ, **step.env},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a timeout kills all of it
+            )
+            running.append((step, process, handle, log, time.monotonic(), limit))
+        while running:
+            for entry in list(running):
+                step, process, handle, log, started, limit = entry
+                elapsed = time.monotonic() - started
+                timed_out = process.poll() is None and elapsed > limit
+                if process.poll() is None and not timed_out:
+                    continue
+                if timed_out:
+                    _kill_group(process)
+                handle.close()
+                running.remove(entry)
+                outcome = Outcome(process.returncode, elapsed, timed_out, log)
+                self._finish(step, outcome, limit)
+            time.sleep(0.2)
+        return self.records
+
+    def _finish(self, step: Step, outcome: Outcome | None, limit: float) -> None:
+        record: dict = {"name": step.name, "phase": step.phase, "command": _shell(step.command)}
+        if outcome is None:
+            record.update(status="skipped", seconds=0.0)
+            record["error"] = f"not started: {max(limit, 0):.0f} s of the budget left"
+        else:
+            record.update(seconds=round(outcome.seconds, 1), limit_s=round(limit, 1))
+            record["log"] = str(outcome.log)
+            errors = []
+            if outcome.timed_out:
+                errors.append(f"timed out after {outcome.seconds:.0f} s (limit {limit:.0f} s)")
+            elif outcome.returncode != 0:
+                errors.append(f"exit status {outcome.returncode}: {_tail(outcome.log)}")
+            try:
+                record["result"] = step.check(outcome)
+            except Exception as error:  # noqa: BLE001 - recorded; the other steps go on
+                errors.append(f"{type(error).__name__}: {error}")
+            record["status"] = "failed" if errors else "passed"
+            if errors:
+                record["error"] = "; ".join(errors)
+        self.records.append(record)
+        self.echo(_line(record, time.monotonic() - self.started))
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _line(record: dict, at: float) -> str:
+    status = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[record["status"]]
+    detail = record.get("error") or _summary(record.get("result") or {})
+    return f"[{at:6.1f} s] {status} {record['name']} ({record['seconds']} s): {detail}"[:400]
+
+
+def _summary(result: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, int | float | str))
+
+
+def _tail(log: Path, lines: int = 6) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:])[-1500:]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _shell(command: list[str]) -> str:
+    return " ".join(command).replace(sys.executable, "python")
+
+
+# ------------------------------------------------------------------------------- JSON output
+def json_ready(value: object) -> object:
+    """Plain JSON values: NaN/inf become null, paths and other objects strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def write_report(path: Path, report: dict) -> Path:
+    """Write the report as indented JSON, atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------- checks
+def pytest_counts(junit_xml: Path, stats_file: Path | None = None) -> dict:
+    """Counts and failures of a pytest junit-xml file; raises if nothing ran or a test was
+    skipped (on a CUDA machine a skip means the check did not check)."""
+    root = ElementTree.parse(junit_xml).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "errors")}
+    counts["failures"] = sum(int(s.get("failures", 0)) for s in suites)
+    counts["skipped"] = sum(int(s.get("skipped", 0)) for s in suites)
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    failed = []
+    for case in root.iter("testcase"):
+        for kind in ("failure", "error", "skipped"):
+            node = case.find(kind)
+            if node is not None:
+                message = (node.get("message") or node.text or "")[:1500]
+                failed.append({"test": case.get("name"), kind: message})
+    result: dict = {**counts, "not_passed": failed}
+    if stats_file is not None and stats_file.is_file():
+        lines = stats_file.read_text(encoding="utf-8").splitlines()
+        result["cases"] = [json.loads(line) for line in lines if line.strip()]
+    if counts["tests"] == 0:
+        raise RuntimeError("no test marked gpu was collected")
+    if counts["skipped"]:
+        raise RuntimeError(f"{counts['skipped']} gpu test(s) skipped on a CUDA machine")
+    return result
+
+
+def run_folder_check(run_dir: Path, world_size: int = 1) -> Callable[[Outcome], dict]:
+    """A training step's check: last.ckpt at the last step with the data stream position of
+    every rank, metrics.json with the held-out metrics, the exported stylizer.pt."""
+
+    def check(outcome: Outcome) -> dict:
+        import torch
+
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        missing = [
+            str(p) for p in (ckpt, run_dir / "metrics.json", run_dir / "stylizer.pt")
+            if not p.is_file()
+        ]  # fmt: skip
+        if missing:
+            raise FileNotFoundError(f"missing after training: {', '.join(missing)}")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        position = state.get("OnTheFlyDataModule", {}).get("next_position")
+        expected = TRAIN_STEPS * TRAIN_BATCH * world_size
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        result = {
+            "global_step": int(state["global_step"]),
+            "pairs_consumed": position,
+            "world_size": world_size,
+            "precision": _precision_of(run_dir),
+            **{k: metrics.get(k) for k in ("l1_output_target", "l1_input_target", "steps")},
+        }
+        if result["global_step"] != TRAIN_STEPS or position != expected:
+            raise RuntimeError(
+                f"expected step {TRAIN_STEPS} and {expected} pairs consumed "
+                f"({world_size} rank(s) x {TRAIN_STEPS} steps x {TRAIN_BATCH}), got {result}"
+            )
+        return result
+
+    return check
+
+
+def _precision_of(run_dir: Path) -> str | None:
+    """trainer.precision as the run resolved it (its .hydra/config.yaml), when readable."""
+    try:
+        from omegaconf import OmegaConf
+
+        saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        return str(OmegaConf.select(saved, "trainer.precision"))
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def figures_check(out: Path) -> Callable[[Outcome], dict]:
+    def check(outcome: Outcome) -> dict:
+        if not out.is_file():
+            raise FileNotFoundError(f"{out} was not written")
+        data = json.loads(out.read_text(encoding="utf-8"))
+        if data.get("errors"):
+            raise RuntimeError(json.dumps(data["errors"])[:1500])
+        return data
+
+    return check
+
+
+# ----------------------------------------------------------------------------------- steps
+def build_steps(work: Path, devices: int, python: str = sys.executable) -> list[list[Step]]:
+    """The check's step groups: correctness and training together, then each figure alone."""
+    threads = str(max(1, (os.cpu_count() or 4) // 4))  # 4 processes share the CPUs
+    env = {"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": threads}
+    junit, stats = work / "pytest_gpu.xml", work / "gpu_cases.jsonl"
+    tests = Step(
+        "tests: pytest -m gpu",
+        "correctness",
+        [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rfEs",
+         f"--junitxml={junit}", "tests/gpu"],
+        limit_s=180,
+        check=lambda outcome: pytest_counts(junit, stats),
+        env={**env, "PORTRAIT_TOON_GPU_STATS": str(stats)},
+    )  # fmt: skip
+
+    def train(name: str, overrides: list[str], world_size: int = 1) -> Step:
+        run_dir = work / _slug(name)
+        command = [python, "train.py", *overrides, "debug=tiny", "logger=csv"]
+        command += [f"hydra.run.dir={run_dir}"]
+        return Step(name, "training", command, 180, run_folder_check(run_dir, world_size), env)
+
+    training = [
+        train("train: demo, trainer=gpu", ["experiment=demo", "trainer=gpu"]),
+        train("train: webtoonme_512, trainer=gpu", ["experiment=webtoonme_512", "trainer=gpu"]),
+        train(
+            f"train: trainer=ddp on {devices} GPU(s)",
+            ["trainer=ddp", f"trainer.devices={devices}"],
+            world_size=devices,
+        ),
+    ]
+    figures = []
+    for figure, limit in (
+        ("synthesis", 75),
+        ("train_step", 60),
+        ("inference", 75),
+        ("inference_compiled", 240),
+    ):
+        out = work / f"figure_{figure}.json"
+        command = [python, "benchmarks/gpu_figures.py", "--only", figure, "--out", str(out)]
+        command += ["--time-limit", TIME_LIMIT]
+        figures.append([Step(f"figure: {figure}", "figures", command, limit, figures_check(out))])
+    return [[tests, *training], *figures]
+
+
+def derived_figures(records: list[dict]) -> dict:
+    """Synthesis time / train-step time (same batch and size), and with data.reuse=6."""
+    results = {r["name"]: r.get("result") or {} for r in records}
+    synthesis = results.get("figure: synthesis", {}).get("synthesis", {})
+    step = results.get("figure: train_step", {}).get("train_step", {})
+    synthesis_ms = synthesis.get("total_ms (forward, default config)")
+    if not synthesis_ms or not step.get("ms"):
+        return {}
+    ratio = synthesis_ms / step["ms"]
+    return {
+        "synthesis_ms_per_batch": synthesis_ms,
+        "train_step_ms_bf16": step["ms"],
+        "synthesis_over_train_step": round(ratio, 3),
+        "synthesis_over_train_step_with_reuse_6": round(ratio / 6, 3),
+    }
+
+
+def environment() -> dict:
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "device_count": torch.cuda.device_count(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "bf16_supported": torch.cuda.is_bf16_supported(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON report (default logs/gpu_check/<time>/...)"
+    )
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds in all")
+    parser.add_argument(
+        "--only", default="", help="comma-separated name prefixes of steps (tests,train,figure)"
+    )
+    args = parser.parse_args(argv)
+    if args.budget <= 0:
+        parser.error(f"--budget must be positive seconds, got {args.budget}")
+    if args.out is None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        args.out = REPO_ROOT / "logs" / "gpu_check" / stamp / "gpu_check.json"
+    return args
+
+
+def select(groups: list[list[Step]], only: str) -> list[list[Step]]:
+    prefixes = [p.strip() for p in only.split(",") if p.strip()]
+    if not prefixes:
+        return groups
+    chosen = [[s for s in group if s.name.startswith(tuple(prefixes))] for group in groups]
+    return [group for group in chosen if group]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        print(f"gpu-check: no CUDA device (torch {torch.__version__}, {build}): nothing to check")
+        return 0
+    work = args.out.resolve().parent
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {"check": "gpu_check", "budget_s": args.budget, "environment": environment()}
+    groups = select(build_steps(work, torch.cuda.device_count()), args.only)
+    print(f"gpu-check: {sum(map(len, groups))} steps, budget {args.budget:.0f} s, in {work}")
+    runner = StepRunner(args.budget, work)
+    for group in groups:
+        runner.run_group(group)
+    records = runner.records
+    report["seconds"] = round(time.monotonic() - runner.started, 1)
+    report["ok"] = all(r["status"] == "passed" for r in records)
+    report["summary"] = {s: sum(r["status"] == s for r in records) for s in ("passed", "failed")}
+    report["summary"]["skipped"] = sum(r["status"] == "skipped" for r in records)
+    report["derived"] = derived_figures(records)
+    report["steps"] = records
+    write_report(args.out, report)
+    print(json.dumps(json_ready(report), indent=2))
+    print(f"gpu-check: {'OK' if report['ok'] else 'FAILED'}; report written to {args.out}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""`make gpu-check` (benchmarks/gpu_check.py, gpu_figures.py): what runs without a GPU.
+
+The argument handling, the JSON writer, the step runner's error capture and time limits (on
+small subprocesses), the checks that read what a step wrote, the no-CUDA exit, the `gpu`
+marker's skip reason, and the figure code itself run on the CPU at tiny sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+gpu_check = importlib.import_module("gpu_check")
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+# ---------------------------------------------------------------------------- arguments
+def test_arguments_defaults_and_errors():
+    args = gpu_check.parse_args([])
+    assert args.budget == gpu_check.DEFAULT_BUDGET_S == 300
+    assert args.out.name == "gpu_check.json" and args.out.parent.parent.name == "gpu_check"
+    args = gpu_check.parse_args(["--out", "x/report.json", "--budget", "60", "--only", "train"])
+    assert (args.out, args.budget, args.only) == (Path("x/report.json"), 60.0, "train")
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--budget", "0"])
+
+
+def test_steps_and_their_selection(tmp_path):
+    groups = gpu_check.build_steps(tmp_path, devices=4, python="python")
+    names = [step.name for group in groups for step in group]
+    assert names[0] == "tests: pytest -m gpu" and len(groups[0]) == 4  # run at the same time
+    assert "train: trainer=ddp on 4 GPU(s)" in names
+    ddp = next(s for s in groups[0] if "ddp" in s.name)
+    assert "trainer.devices=4" in ddp.command and "debug=tiny" in ddp.command
+    assert all(len(group) == 1 for group in groups[1:])  # figures one at a time
+    chosen = gpu_check.select(groups, "train,figure: train_step")
+    assert [s.name for g in chosen for s in g] == [
+        "train: demo, trainer=gpu",
+        "train: webtoonme_512, trainer=gpu",
+        "train: trainer=ddp on 4 GPU(s)",
+        "figure: train_step",
+    ]
+
+
+# ---------------------------------------------------------------------------------- JSON
+def test_report_writer_gives_strict_json(tmp_path):
+    report = {"a": math.nan, "b": [1.5, math.inf], "c": tmp_path, "d": {1: True, "e": None}}
+    path = gpu_check.write_report(tmp_path / "sub" / "gpu_check.json", report)
+    assert json.loads(path.read_text()) == {
+        "a": None,
+        "b": [1.5, None],
+        "c": str(tmp_path),
+        "d": {"1": True, "e": None},
+    }
+    assert [p.name for p in path.parent.iterdir()] == ["gpu_check.json"]  # no temp file left
+
+
+# -------------------------------------------------------------------------------- runner
+def test_runner_records_every_outcome_and_goes_on(tmp_path):
+    lines = []
+    runner = gpu_check.StepRunner(60, tmp_path, echo=lines.append, min_step_s=1)
+
+    def broken_check(outcome):
+        raise ValueError("metrics.json has no l1")
+
+    Step = gpu_check.Step
+    records = runner.run_group(
+        [
+            Step("ok", "x", python("print('fine')"), 20, lambda outcome: {"value": 1}),
+            Step("exit", "x", python("import sys; print('boom'); sys.exit(3)"), 20),
+            Step("check", "x", python("pass"), 20, broken_check),
+            Step("hang", "x", python("import time; time.sleep(60)"), 1.5),
+        ]
+    )
+    by_name = {r["name"]: r for r in records}
+    assert by_name["ok"]["status"] == "passed" and by_name["ok"]["result"] == {"value": 1}
+    assert by_name["exit"]["status"] == "failed"
+    assert "exit status 3" in by_name["exit"]["error"] and "boom" in by_name["exit"]["error"]
+    assert by_name["check"]["error"] == "ValueError: metrics.json has no l1"
+    assert by_name["hang"]["status"] == "failed" and "timed out" in by_name["hang"]["error"]
+    assert by_name["hang"]["seconds"] < 10  # killed, not waited for
+    assert len(lines) == 4 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
+    assert Path(by_name["ok"]["log"]).read_text().strip() == "fine"
+
+
+def test_runner_keeps_to_the_budget(tmp_path):
+    runner = gpu_check.StepRunner(3, tmp_path, echo=lambda line: None, min_step_s=1)
+    step = gpu_check.Step(
+        "limit", "x", python("import sys; print(sys.argv[1])") + [gpu_check.TIME_LIMIT], 60
+    )
+    started = time.monotonic()
+    first = runner.run_group(
+        [gpu_check.Step("slow", "x", python("import time; time.sleep(30)"), 60)]
+    )
+    assert first[0]["status"] == "failed" and time.monotonic() - started < 10
+    second = runner.run_group([step])
+    assert second[-1]["status"] == "skipped" and "not started" in second[-1]["error"]
+
+    runner = gpu_check.StepRunner(100, tmp_path, echo=lambda line: None)
+    runner.run_group([step])
+    # the step's own time limit is what is left of its limit, with 15 s to spare
+    assert Path(runner.records[0]["log"]).read_text().strip() == "45"
+
+
+# -------------------------------------------------------------------------------- checks
+def test_pytest_counts_reads_junit_and_refuses_skips(tmp_path):
+    xml = tmp_path / "junit.xml"
+    xml.write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0">'
+        '<testcase name="a"/><testcase name="b"><failure message="bisenet: 0.2 &gt; 1e-3"/>'
+        '</testcase><testcase name="c"/></testsuite></testsuites>'
+    )
+    stats = tmp_path / "cases.jsonl"
+    stats.write_text('{"case": "bisenet/feat_out", "max_rel": 0.2}\n')
+    counts = gpu_check.pytest_counts(xml, stats)
+    assert (counts["tests"], counts["passed"], counts["failures"]) == (3, 2, 1)
+    assert counts["not_passed"] == [{"test": "b", "failure": "bisenet: 0.2 > 1e-3"}]
+    assert counts["cases"] == [{"case": "bisenet/feat_out", "max_rel": 0.2}]
+    xml.write_text('<testsuite tests="2" skipped="2"><testcase name="a"><skipped/></testcase>'
+                   '<testcase name="b"><skipped/></testcase></testsuite>')  # fmt: skip
+    with pytest.raises(RuntimeError, match="2 gpu test"):
+        gpu_check.pytest_counts(xml)
+
+
+def test_run_folder_check(tmp_path):
+    run = tmp_path / "run"
+    check = gpu_check.run_folder_check(run, world_size=2)
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        check(None)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "stylizer.pt").write_bytes(b"x")
+    (run / "metrics.json").write_text(json.dumps({"l1_output_target": 0.1, "steps": 4}))
+    state = {"global_step": 4, "OnTheFlyDataModule": {"next_position": 16}}
+    torch.save(state, run / "checkpoints" / "last.ckpt")
+    result = check(None)
+    assert result["global_step"] == 4 and result["pairs_consumed"] == 16
+    assert result["l1_output_target"] == 0.1
+    with pytest.raises(RuntimeError, match="32 pairs consumed"):  # two ranks' pairs only
+        gpu_check.run_folder_check(run, world_size=4)(None)
+
+
+def test_derived_figures():
+    records = [
+        {"name": "figure: synthesis", "result": {"synthesis": {
+            "total_ms (forward, default config)": 300.0}}},
+        {"name": "figure: train_step", "result": {"train_step": {"ms": 100.0}}},
+    ]  # fmt: skip
+    derived = gpu_check.derived_figures(records)
+    assert derived["synthesis_over_train_step"] == 3.0
+    assert derived["synthesis_over_train_step_with_reuse_6"] == 0.5
+    assert gpu_check.derived_figures(records[:1]) == {}
+
+
+# ------------------------------------------------------------------------------ no CUDA
+def test_without_cuda_one_line_exit_0_and_no_lightning():
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; "
+        "status = gpu_check.main([]); "
+        "assert 'pytorch_lightning' not in sys.modules; sys.exit(status)"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    started = time.monotonic()
+    done = subprocess.run(
+        python(code), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().count("\n") == 0
+    assert done.stdout.startswith("gpu-check: no CUDA device")
+    assert time.monotonic() - started < 60
+
+
+def test_gpu_marker_collected_and_skipped_with_its_reason():
+    """The default suite collects the gpu tests and, without CUDA, skips them saying why."""
+    from conftest import cuda_skip_reason
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/gpu"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "2 skipped" in done.stdout
+    assert "needs a CUDA device" in done.stdout and "make gpu-check" in done.stdout
+    if not torch.cuda.is_available():
+        assert cuda_skip_reason() in done.stdout
+
+
+def test_cuda_skip_reason(monkeypatch):
+    from conftest import cuda_skip_reason
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cuda_skip_reason() is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "make gpu-check" in cuda_skip_reason()
+
+
+# ------------------------------------------------------------------------------- figures
+@pytest.fixture
+def tiny_figures(monkeypatch):
+    """gpu_figures on the CPU at tiny sizes, tiny StyleGAN2s, bf16 autocast off (tens of times
+    slower on a CPU; the CUDA autocast is what matters)."""
+    gpu_figures = importlib.import_module("gpu_figures")
+    bench_synthesis = importlib.import_module("synthesis")
+    monkeypatch.setattr(gpu_figures, "DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(gpu_figures, "autocast_bf16", contextlib.nullcontext)
+    monkeypatch.setattr(gpu_figures, "SIZE", 64)
+    monkeypatch.setattr(gpu_figures, "BATCH", 2)
+    monkeypatch.setattr(gpu_figures, "INFER_SIZES", {"small": (40, 56)})
+    monkeypatch.setitem(bench_synthesis.REAL_OPTIONS, "gen_size", 32)
+    monkeypatch.setitem(bench_synthesis.REAL_OPTIONS, "gen_arch", "tiny")
+    monkeypatch.setitem(bench_synthesis.REAL_OPTIONS, "parse_size", 64)
+    return gpu_figures
+
+
+def test_inference_figures_and_error_capture(tiny_figures, monkeypatch):
+    recorder = tiny_figures.Recorder(None, time.monotonic() + 600)
+    ok = tiny_figures.run(["inference"], recorder, runs=1)
+    cases = recorder.data["inference"]
+    assert ok, recorder.data.get("errors")
+    names = {f"{n} small {p}" for n in ("F_unet", "animeganv2") for p in ("fp32", "bf16")}
+    assert set(cases) == names
+    assert all(case.get("fps", 0) > 0 for case in cases.values()), cases
+    # past the deadline the remaining cases are listed as skipped
+    recorder = tiny_figures.Recorder(None, time.monotonic())
+    assert tiny_figures.run(["inference"], recorder, runs=1)
+    assert all("skipped" in case for case in recorder.data["inference"].values())
+    # a figure that fails is recorded and the next one still runs
+    monkeypatch.setattr(tiny_figures, "figure_train_step", lambda recorder, runs: 1 / 0)
+    recorder = tiny_figures.Recorder(None, time.monotonic())
+    assert not tiny_figures.run(["train_step", "inference"], recorder, runs=1)
+    assert "ZeroDivisionError" in recorder.data["errors"]["train_step"]
+    assert "inference" in recorder.data
+
+
+@pytest.mark.slow
+def test_synthesis_and_train_step_figures_on_cpu(tiny_figures):
+    recorder = tiny_figures.Recorder(None, time.monotonic() + 900)
+    ok = tiny_figures.run(["synthesis", "train_step"], recorder, runs=1)
+    data = recorder.data
+    assert ok, data.get("errors")
+    assert data["synthesis"]["batch"] == 2 and data["synthesis"]["pairs_per_s"] > 0
+    assert "color_reflection" in data["synthesis"]["stages_ms"]
+    assert data["train_step"]["pairs_per_s"] > 0
