@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=% TORCH_INDEX=%,$(MAKEOVERRIDES)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train synthesize preview stylize export app evaluate ablation weights test test-full bench lint format lock clean
+.PHONY: help install demo train synthesize preview stylize export app evaluate ablation weights test test-full bench gpu-check lint format lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ test-full: $(STAMP) ## every test, slow ones included
 
 bench: $(STAMP) ## speed/memory benchmarks (JSON on stdout)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+gpu-check: $(STAMP) ## on a CUDA machine: GPU tests, GPU/DDP trainings and GPU figures in < 5 min -> JSON
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .
