@@ -254,34 +254,41 @@ def run_folder_check(run_dir: Path, world_size: int = 1) -> Callable[[Outcome], 
             raise FileNotFoundError(f"missing after training: {', '.join(missing)}")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         position = state.get("OnTheFlyDataModule", {}).get("next_position")
-        expected = TRAIN_STEPS * TRAIN_BATCH * world_size
+        saved = _saved_config(run_dir)
+        reuse = int(saved.get("reuse") or 1)  # data.reuse: steps per synthesized batch
+        batches = math.ceil(TRAIN_STEPS / reuse)
+        expected = batches * TRAIN_BATCH * world_size
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         result = {
             "global_step": int(state["global_step"]),
             "pairs_consumed": position,
             "world_size": world_size,
-            "precision": _precision_of(run_dir),
+            "precision": saved.get("precision"),
             **{k: metrics.get(k) for k in ("l1_output_target", "l1_input_target", "steps")},
         }
         if result["global_step"] != TRAIN_STEPS or position != expected:
             raise RuntimeError(
-                f"expected step {TRAIN_STEPS} and {expected} pairs consumed "
-                f"({world_size} rank(s) x {TRAIN_STEPS} steps x {TRAIN_BATCH}), got {result}"
+                f"expected step {TRAIN_STEPS} and {expected} pairs consumed ({world_size} "
+                f"rank(s) x {batches} batch(es) of {TRAIN_BATCH}), got {result}"
             )
         return result
 
     return check
 
 
-def _precision_of(run_dir: Path) -> str | None:
-    """trainer.precision as the run resolved it (its .hydra/config.yaml), when readable."""
+def _saved_config(run_dir: Path) -> dict:
+    """trainer.precision and data.reuse of the run's .hydra/config.yaml ({} if unreadable)."""
     try:
         from omegaconf import OmegaConf
 
         saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        return str(OmegaConf.select(saved, "trainer.precision"))
-    except Exception:  # noqa: BLE001 - informative only
-        return None
+        select = {"default": None, "throw_on_resolution_failure": False}
+        return {
+            "precision": str(OmegaConf.select(saved, "trainer.precision", **select)),
+            "reuse": OmegaConf.select(saved, "data.reuse", **select),
+        }
+    except Exception:  # noqa: BLE001 - no saved config: the defaults apply
+        return {}
 
 
 def figures_check(out: Path) -> Callable[[Outcome], dict]:
