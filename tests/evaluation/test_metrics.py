@@ -15,9 +15,11 @@ from portrait_toon.evaluation.metrics import (
     evaluate_stylizer,
     ita_degrees,
     output_skin_mask,
+    person_regions,
     rgb_to_lab,
     skin_tone_bin,
 )
+from portrait_toon.nets.perceptual import MissingPerceptualWeightsError, ShiftTolerantLPIPS
 from portrait_toon.synthesis.color import lab_to_rgb
 
 # Sharma, Wu & Dalal (2005), Table 1: (Lab1, Lab2, ΔE00), pairs 1, 2, 3, 7, 17-20, 25.
@@ -234,3 +236,63 @@ def test_missing_keys_and_empty_input() -> None:
         )
     with pytest.raises(ValueError, match="no images"):
         evaluate_stylizer(Identity(), [])
+
+
+def test_whitewash_rate_of_a_whitening_net_is_high_and_of_the_identity_zero() -> None:
+    """Whitening paints every head the character's very light skin (ITA ~71): each person of a
+    darker class moves one or more classes lighter; the very light one stays in its class."""
+    batch = skin_batch([-45.0, 0.0, 20.0, 35.0, 50.0, 60.0])
+    white = evaluate_stylizer(Whitening(), [batch])
+    assert white["num_people"] == 6
+    assert white["whitewash_rate"] == pytest.approx(5 / 6)
+    assert white["skin_delta_e00_worst_bin"] == "dark"
+    assert white["skin_delta_e00_worst"] == max(white["skin_delta_e00_by_bin"].values())
+    identity = evaluate_stylizer(Identity(), [batch])
+    assert identity["whitewash_rate"] == 0 and identity["num_people"] == 6
+
+
+def test_whitewash_rate_counts_people_not_images() -> None:
+    """Two heads in one frame are two people: whitening only one of them is a rate of 1/2."""
+    batch = skin_batch([-45.0], size=32)
+    head = torch.zeros(1, 1, 32, 32)
+    head[..., 2:14, 2:14] = 1.0
+    head[..., 18:30, 18:30] = 1.0
+    batch["head_mask"], batch["skin_mask"] = head, head.clone()
+    assert len(person_regions(head[0])) == 2
+    specks = head.clone()
+    specks[..., 0, 31] = 1.0  # one pixel: no person
+    assert len(person_regions(specks[0])) == 2
+
+    class WhitensTheFirst(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            light = lab_to_rgb(torch.tensor([85.0, 8.0, 12.0]).view(1, 3, 1, 1))
+            return torch.where(head.bool() & (torch.arange(32) < 16), light, x)
+
+    assert evaluate_stylizer(WhitensTheFirst(), [batch])["whitewash_rate"] == pytest.approx(0.5)
+
+
+def test_background_stlpips_sees_the_background_only() -> None:
+    """ST-LPIPS between F(x) and B(x) with B(x) pasted over the heads: 0 for a perfect F, > 0
+    for the identity (B darkened the background), blind to what F does inside the heads."""
+    try:
+        perceptual = ShiftTolerantLPIPS()
+    except MissingPerceptualWeightsError as error:
+        pytest.skip(str(error))
+    batch = skin_batch([-45.0, 30.0], size=32)
+
+    class Perfect(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return batch["tgt"]
+
+    class PerfectBackgroundNoisyHead(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            noise = torch.rand_like(x) * batch["head_mask"]
+            return (batch["tgt"] + noise).clamp(-1, 1)
+
+    perfect = evaluate_stylizer(Perfect(), [batch], perceptual=perceptual)
+    identity = evaluate_stylizer(Identity(), [batch], perceptual=perceptual)
+    head_only = evaluate_stylizer(PerfectBackgroundNoisyHead(), [batch], perceptual=perceptual)
+    assert perfect["background_stlpips_mean"] < 1e-6
+    assert head_only["background_stlpips_mean"] < 1e-6
+    assert identity["background_stlpips_mean"] > 0.01
+    assert evaluate_stylizer(Identity(), [batch])["background_stlpips_mean"] is None

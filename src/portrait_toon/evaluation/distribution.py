@@ -6,9 +6,13 @@ FID (Heusel et al., 2017) is ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2
 fits. Both are torchmetrics' implementations, given a feature network:
 
 - `STLPIPSFeatures`: the shift-tolerant LPIPS VGG16 that ships offline (nets/perceptual.py):
-  each of its five taps unit-normalised over channels (as LPIPS compares them), averaged over
-  the image, concatenated (1472 numbers). KID on these is `kid_stlpips` — not the Inception
-  KID of the literature, so not comparable with published figures; it needs no download.
+  its five taps unit-normalised over channels (the space LPIPS compares in), averaged over the
+  image, concatenated (1472 numbers) and scaled by sqrt(1472 / 5), so that a.b / d is O(1) as
+  for Inception's pool3 vectors (unscaled, every kernel value is ~1 and KID ~1e-5 whatever the
+  sets). Measured on 32 world photos at 128 px: KID 0.02 against 32 other photos, 0.26 against
+  the same posterized, 0.7 blurred, 1.6 under a purple cast. KID on these is `kid_stlpips` —
+  not the Inception KID of the literature, not comparable with published figures; it needs
+  no download.
 - `InceptionFeatures`: the FID Inception-v3 (pool3, 2048 numbers) from a weights file the user
   supplies (`evaluate.inception_weights`, torch-fidelity's `pt_inception-2015-12-05` file):
   `fid_inception` / `kid_inception`, comparable with published figures.
@@ -16,6 +20,8 @@ fits. Both are torchmetrics' implementations, given a feature network:
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,7 +48,8 @@ class MissingInceptionWeightsError(FileNotFoundError):
 
 class STLPIPSFeatures(nn.Module):
     """[B,3,H,W] in [-1, 1] -> [B, 1472]: spatial means of the unit-normalised ST-LPIPS VGG16
-    taps (relu1_2 ... relu5_3). `lpips` reuses a loaded ShiftTolerantLPIPS (one copy)."""
+    taps (relu1_2 ... relu5_3), times sqrt(1472 / 5). `lpips` reuses a loaded
+    ShiftTolerantLPIPS (one copy of the weights)."""
 
     num_features = 64 + 128 + 256 + 512 + 512  # read by torchmetrics instead of a dummy pass
 
@@ -53,7 +60,9 @@ class STLPIPSFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         taps = self.lpips._features(images.float())
-        return torch.cat([tap.mean(dim=(2, 3)) for tap in taps], dim=1).double()
+        features = torch.cat([tap.mean(dim=(2, 3)) for tap in taps], dim=1).double()
+        # each tap's vector has norm <= 1: the scale makes a.b / d ~ cos(a, b) / 5 per tap
+        return features * math.sqrt(self.num_features / len(taps))
 
 
 class InceptionFeatures(nn.Module):
@@ -128,9 +137,11 @@ class DistributionDistance:
         # The features are computed already: torchmetrics gets them through an identity
         # "network" (its maths, our features).
         identity = _Precomputed(real.shape[1])
-        kid = KernelInceptionDistance(
-            feature=identity, subsets=KID_SUBSETS, subset_size=min(count, KID_MAX_SUBSET)
-        )
+        with warnings.catch_warnings():  # "saves all features in a buffer": two small sets
+            warnings.simplefilter("ignore", UserWarning)
+            kid = KernelInceptionDistance(
+                feature=identity, subsets=KID_SUBSETS, subset_size=min(count, KID_MAX_SUBSET)
+            )
         kid.update(real, real=True)
         kid.update(fake, real=False)
         generator_state = torch.random.get_rng_state()
