@@ -57,6 +57,24 @@ def _animegan(name: str, blob_sha1: str, what: str, optional: bool = False) -> K
     )
 
 
+def _torchvision(
+    arch: str, sha256_prefix: str, note: str, used_by: str, optional: bool = False
+) -> KnownWeight:
+    url = f"https://download.pytorch.org/models/{arch}-{sha256_prefix}.pth"
+    return KnownWeight(
+        filename=f"{arch}-{sha256_prefix}.pth",
+        description=f"torchvision {arch.upper()} IMAGENET1K_V1 (bare state_dict{note})",
+        used_by=used_by,
+        url=url,
+        manual=f"download {url}",
+        licence=_TORCHVISION_LICENCE,
+        non_commercial=False,
+        check_kind="sha256_prefix",
+        check_value=sha256_prefix,
+        optional=optional,
+    )
+
+
 KNOWN_WEIGHTS: dict[str, KnownWeight] = {
     w.filename: w
     for w in (
@@ -100,27 +118,12 @@ KNOWN_WEIGHTS: dict[str, KnownWeight] = {
         ),
         _animegan("paprika", "58086c9db9fc7a9e5c2876ca31b8079599352643", "Paprika style"),
         _animegan("celeba_distill", "3b7ea61b02254980831cc3bc77af30666dbc999c", "CelebA distilled"),
-        KnownWeight(
-            filename="vgg19-dcbb9e9d.pth",
-            description="torchvision VGG19 IMAGENET1K_V1 (bare state_dict)",
-            used_by="loss.perceptual.kind=vgg19",
-            url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-            manual="download https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-            licence=_TORCHVISION_LICENCE,
-            non_commercial=False,
-            check_kind="sha256_prefix",
-            check_value="dcbb9e9d",
-        ),
-        KnownWeight(
-            filename="vgg16-397923af.pth",
-            description="torchvision VGG16 IMAGENET1K_V1 (bare state_dict; LPIPS trunk)",
+        _torchvision("vgg19", "dcbb9e9d", "", used_by="loss.perceptual.kind=vgg19"),
+        _torchvision(
+            "vgg16",
+            "397923af",
+            "; LPIPS trunk",
             used_by="(no config reads it; nets.vgg.vgg16 loads it for your own LPIPS-VGG trunk)",
-            url="https://download.pytorch.org/models/vgg16-397923af.pth",
-            manual="download https://download.pytorch.org/models/vgg16-397923af.pth",
-            licence=_TORCHVISION_LICENCE,
-            non_commercial=False,
-            check_kind="sha256_prefix",
-            check_value="397923af",
             optional=True,  # nothing uses it: fetched by name (only=...) or with all=true
         ),
         KnownWeight(
