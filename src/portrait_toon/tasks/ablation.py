@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from portrait_toon import config
 
@@ -199,6 +199,8 @@ def summarize(
         "train", [f"experiment={reference}", *overrides], output_dir=sweep_dir / "summary"
     )
     config.apply_set_if_present(cfg)
+    with open_dict(cfg):
+        cfg.evaluate.stlpips = bool(options.stlpips)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu")
         if options.device == "auto"

@@ -129,11 +129,14 @@ def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
         InceptionFeatures,
         STLPIPSFeatures,
     )
-    from portrait_toon.nets.perceptual import ShiftTolerantLPIPS
+    from portrait_toon.nets.perceptual import MissingPerceptualWeightsError, ShiftTolerantLPIPS
 
     perceptual = None
     if OmegaConf.select(cfg, "evaluate.stlpips", default=True):
-        perceptual = ShiftTolerantLPIPS().to(device)
+        try:
+            perceptual = ShiftTolerantLPIPS().to(device)
+        except MissingPerceptualWeightsError as error:  # a finished training still reports
+            log.warning("evaluate.stlpips: %s; background ST-LPIPS and kid_stlpips skipped", error)
     inception_path = OmegaConf.select(cfg, "evaluate.inception_weights", default=None)
     inception = InceptionFeatures(inception_path).to(device) if inception_path else None
 
