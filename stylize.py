@@ -1,6 +1,9 @@
 """Stylize photos with a trained F:
 `python stylize.py ckpt=PATH input=FILE_OR_FOLDER output=DIR [overwrite=true tile=1024 ...]`.
+Exit status 1 when any input failed (each is listed in OUTPUT/stylize_report.json).
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -12,7 +15,9 @@ import portrait_toon.config  # noqa: F401  (registers the resolvers the config t
 def main(cfg: DictConfig) -> None:
     from portrait_toon.tasks.stylize import stylize
 
-    stylize(cfg)
+    report = stylize(cfg)
+    if report.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

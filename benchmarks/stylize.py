@@ -27,13 +27,14 @@ from common import (
     time_median,
 )
 
-from portrait_toon.inference.stylize import stylize_image
+from portrait_toon.inference.stylizer import Stylizer
 from portrait_toon.nets.animegan import Generator as AnimeGANGenerator
 from portrait_toon.nets.unet import UNet
 
 SQUARE_SIDES = (256, 512, 1024)
 FOUR_K = (2160, 3840)  # H, W
-FOUR_K_TILES = (None, 1024, 512)
+EIGHT_K = (8000, 8000)
+FOUR_K_TILES = (None, "auto", 1024, 512)
 OVERLAP = 64
 FOUR_K_RUNS = 3
 
@@ -54,22 +55,26 @@ def process_peak_rss_mib() -> float:
     return peak_rss_mib()
 
 
-def four_k_child(tile: int | None) -> dict:
-    """One 4K measurement in this (fresh) process: latency, GFLOP, peak RSS."""
+def big_child(tile: int | str | None, size: tuple[int, int], runs: int) -> dict:
+    """One large-image measurement in this (fresh) process: latency, GFLOP, peak RSS."""
     setup()
-    net = UNet().eval()
-    image = random_image(*FOUR_K)
+    stylizer = Stylizer(UNet().eval(), tile=tile, overlap=OVERLAP)
+    image = random_image(*size)
     rss_before = process_peak_rss_mib()
+    plan = stylizer.plan(*size)
 
     def run() -> np.ndarray:
-        return stylize_image(net, image, tile=tile, overlap=OVERLAP)
+        return stylizer(image)
 
-    seconds = time_median(run, runs=FOUR_K_RUNS)
-    with torch.inference_mode():
-        flops = count_flops(run)
+    seconds = time_median(run, runs=runs, warmup=0 if runs == 1 else 1)
+    flops = 0.0
+    if runs > 1:
+        with torch.inference_mode():
+            flops = count_flops(run)
     return {
-        "name": f"F stylize_image 3840x2160 {f'tile={tile}' if tile else 'untiled'}",
+        "name": f"F Stylizer {size[1]}x{size[0]} tile={tile}",
         "tile": tile,
+        "plan": plan.describe(),
         "gflop": flops / 1e9,
         "ms": seconds * 1e3,
         "peak_rss_mib": process_peak_rss_mib(),
@@ -78,14 +83,26 @@ def four_k_child(tile: int | None) -> dict:
     }
 
 
+def run_child(tile: int | str | None, size: str) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child-tile", str(tile)]
+    child = subprocess.run(
+        [*command, "--child-size", size], check=True, capture_output=True, text=True
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--skip-4k", action="store_true", help="only the square sizes")
-    parser.add_argument("--child-tile", help=argparse.SUPPRESS)  # internal: one 4K run
+    parser.add_argument("--skip-4k", action="store_true", help="no 4K runs")
+    parser.add_argument("--skip-8k", action="store_true", help="no 8000x8000 run")
+    parser.add_argument("--child-tile", help=argparse.SUPPRESS)  # internal: one 4K/8K run
+    parser.add_argument("--child-size", default="4k", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_tile is not None:
-        tile = None if args.child_tile == "None" else int(args.child_tile)
-        print(json.dumps(four_k_child(tile)))
+        tile = args.child_tile
+        tile = None if tile == "None" else tile if tile == "auto" else int(tile)
+        size, runs = (FOUR_K, FOUR_K_RUNS) if args.child_size == "4k" else (EIGHT_K, 1)
+        print(json.dumps(big_child(tile, size, runs)))
         return
 
     setup()
@@ -96,9 +113,8 @@ def main() -> None:
     for side in SQUARE_SIDES:
         image = random_image(side, side)
         name = f"F stylize_image {side}x{side}"
-        results.append(
-            bench_forward(name, lambda image=image: stylize_image(net, image), conv_peak)
-        )
+        stylizer = Stylizer(net, tile=None)
+        results.append(bench_forward(name, lambda image=image, s=stylizer: s(image), conv_peak))
     reference = AnimeGANGenerator().eval()
     x512 = torch.rand(1, 3, 512, 512) * 2 - 1
     animegan = bench_forward("AnimeGANv2 generator 512x512", lambda: reference(x512), conv_peak)
@@ -107,17 +123,14 @@ def main() -> None:
     four_k = []
     if not args.skip_4k:
         for tile in FOUR_K_TILES:
-            command = [sys.executable, str(Path(__file__).resolve()), "--child-tile", str(tile)]
-            child = subprocess.run(
-                command,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            measured = json.loads(child.stdout.strip().splitlines()[-1])
+            measured = run_child(tile, "4k")
             measured["gflops"] = measured["gflop"] / (measured["ms"] / 1e3)
             measured["pct_conv_peak"] = 100.0 * measured["gflops"] / conv_peak
             four_k.append(measured)
+        one_pass = four_k[0]["peak_rss_mib"]
+        for measured in four_k:
+            measured["peak_rss_vs_one_pass"] = measured["peak_rss_mib"] / one_pass
+    eight_k = None if args.skip_8k else run_child("auto", "8k")
 
     emit(
         {
@@ -129,6 +142,7 @@ def main() -> None:
             "reference_animegan_512": animegan,
             "f_over_animegan_time_512": f512["ms"] / animegan["ms"],
             "four_k": four_k,
+            "eight_k_default": eight_k,
         }
     )
 

@@ -58,6 +58,12 @@ class _LiveTensorBytes(TorchDispatchMode):
     """Counts the bytes of the tensors created inside the mode that are still alive; keeps the
     peak. Views share their base's storage and are counted once (by storage address)."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Otherwise torch wraps __torch_dispatch__ in a Dynamo guard whose first call imports
+        # torch._dynamo (as slow as importing torch); this mode is never compiled.
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.refs: dict[int, int] = {}
