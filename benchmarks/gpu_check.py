@@ -14,7 +14,8 @@ result is one JSON document printed at the end and written to `--out`:
    stages, F's bf16-mixed train step, synthesis / train-step time, inference fps at 1024^2 and
    4K (fp32, bf16; eager and torch.compile) for F and AnimeGANv2, peak GPU memory of each.
 A failing step is recorded with its error and the others still run; the exit status is 1 when
-any step failed or was left out for lack of time. Without CUDA it says so and exits 0.
+any step failed (a step left out for lack of time is listed as skipped). Without CUDA it says so
+and exits 0.
 
 Usage: python benchmarks/gpu_check.py [--out FILE] [--budget 300] [--only tests,train,figure]
 Run folders and logs go next to the JSON file (default logs/gpu_check/<time>/).
@@ -424,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         runner.run_group(group)
     records = runner.records
     report["seconds"] = round(time.monotonic() - runner.started, 1)
-    report["ok"] = all(r["status"] == "passed" for r in records)
+    # a step left out for lack of time is listed (summary, steps) but is not a failure
+    report["ok"] = not any(r["status"] == "failed" for r in records)
     report["summary"] = {s: sum(r["status"] == s for r in records) for s in ("passed", "failed")}
     report["summary"]["skipped"] = sum(r["status"] == "skipped" for r in records)
     report["derived"] = derived_figures(records)

@@ -256,3 +256,25 @@ def test_synthesis_and_train_step_figures_on_cpu(tiny_figures):
     assert data["synthesis"]["batch"] == 2 and data["synthesis"]["pairs_per_s"] > 0
     assert "color_reflection" in data["synthesis"]["stages_ms"]
     assert data["train_step"]["pairs_per_s"] > 0
+
+
+def test_main_writes_the_report_and_exits_1_on_a_failure(tmp_path, monkeypatch, capsys):
+    """main's flow with CUDA faked and two cheap steps (one passing, one failing)."""
+    Step = gpu_check.Step
+    steps = [
+        [Step("tests: fine", "correctness", python("pass"), 20, lambda o: {"passed": 2})],
+        [Step("figure: broken", "figures", python("import sys; sys.exit(2)"), 20)],
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_check, "environment", lambda: {"devices": ["fake"]})
+    monkeypatch.setattr(gpu_check, "build_steps", lambda work, devices: steps)
+    out = tmp_path / "check" / "gpu_check.json"
+    assert gpu_check.main(["--out", str(out), "--budget", "60"]) == 1
+    report = json.loads(out.read_text())
+    assert report["ok"] is False and report["summary"] == {"passed": 1, "failed": 1, "skipped": 0}
+    assert [r["status"] for r in report["steps"]] == ["passed", "failed"]
+    printed = capsys.readouterr().out
+    assert "PASS tests: fine" in printed and "FAIL figure: broken" in printed
+    assert printed.rstrip().endswith(f"report written to {out}")
+    assert gpu_check.main(["--out", str(out), "--only", "tests"]) == 0  # the passing one alone
