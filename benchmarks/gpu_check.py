@@ -90,15 +90,39 @@ class StepRunner:
 
     def run_group(self, steps: list[Step]) -> list[dict]:
         running = []
-        for step in steps:
-            limit = min(step.limit_s, self.remaining())
-            if limit < self.min_step_s:
-                self._finish(step, None, limit)
-                continue
-            log = self.log_dir / f"{_slug(step.name)}.log"
-            handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
-            # a step that keeps its own time gets what is left of its limit (15 s to spare)
-            own_limit = str(round(max(5.0, limit - 15.0)))
+        try:
+            for step in steps:
+                limit = min(step.limit_s, self.remaining())
+                if limit < self.min_step_s:
+                    self._finish(step, None, limit)
+                    continue
+                entry = self._start(step, limit)
+                if entry is not None:
+                    running.append(entry)
+            while running:
+                for entry in list(running):
+                    step, process, handle, log, started, limit = entry
+                    elapsed = time.monotonic() - started
+                    if process.poll() is None and elapsed <= limit:
+                        continue
+                    timed_out = process.poll() is None
+                    _kill_group(process)  # also what it left behind (DDP ranks, workers)
+                    handle.close()
+                    running.remove(entry)
+                    self._finish(step, Outcome(process.returncode, elapsed, timed_out, log), limit)
+                time.sleep(0.2)
+        finally:  # interrupted (Ctrl-C): leave nothing running on the GPUs
+            for _, process, handle, *_ in running:
+                _kill_group(process)
+                handle.close()
+        return self.records
+
+    def _start(self, step: Step, limit: float) -> tuple | None:
+        log = self.log_dir / f"{_slug(step.name)}.log"
+        handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
+        # a step that keeps its own time gets what is left of its limit (15 s to spare)
+        own_limit = str(round(max(5.0, limit - 15.0)))
+        try:
             process = subprocess.Popen(
                 [arg.replace(TIME_LIMIT, own_limit) for arg in step.command],
                 cwd=REPO_ROOT,
@@ -107,22 +131,12 @@ class StepRunner:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: a timeout kills all of it
             )
-            running.append((step, process, handle, log, time.monotonic(), limit))
-        while running:
-            for entry in list(running):
-                step, process, handle, log, started, limit = entry
-                elapsed = time.monotonic() - started
-                timed_out = process.poll() is None and elapsed > limit
-                if process.poll() is None and not timed_out:
-                    continue
-                if timed_out:
-                    _kill_group(process)
-                handle.close()
-                running.remove(entry)
-                outcome = Outcome(process.returncode, elapsed, timed_out, log)
-                self._finish(step, outcome, limit)
-            time.sleep(0.2)
-        return self.records
+        except OSError as error:
+            handle.write(f"could not start: {error}\n")
+            handle.close()
+            self._finish(step, Outcome(None, 0.0, False, log), limit)
+            return None
+        return step, process, handle, log, time.monotonic(), limit
 
     def _finish(self, step: Step, outcome: Outcome | None, limit: float) -> None:
         record: dict = {"name": step.name, "phase": step.phase, "command": _shell(step.command)}
@@ -135,6 +149,8 @@ class StepRunner:
             errors = []
             if outcome.timed_out:
                 errors.append(f"timed out after {outcome.seconds:.0f} s (limit {limit:.0f} s)")
+            elif outcome.returncode is None:
+                errors.append(f"could not start: {_tail(outcome.log)}")
             elif outcome.returncode != 0:
                 errors.append(f"exit status {outcome.returncode}: {_tail(outcome.log)}")
             try:
@@ -152,7 +168,7 @@ def _kill_group(process: subprocess.Popen) -> None:
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # nothing left in its group
             return
         try:
             process.wait(timeout=wait)

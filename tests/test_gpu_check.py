@@ -85,6 +85,7 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
             Step("exit", "x", python("import sys; print('boom'); sys.exit(3)"), 20),
             Step("check", "x", python("pass"), 20, broken_check),
             Step("hang", "x", python("import time; time.sleep(60)"), 1.5),
+            Step("missing", "x", [str(tmp_path / "no_such_program")], 20),
         ]
     )
     by_name = {r["name"]: r for r in records}
@@ -94,7 +95,8 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
     assert by_name["check"]["error"] == "ValueError: metrics.json has no l1"
     assert by_name["hang"]["status"] == "failed" and "timed out" in by_name["hang"]["error"]
     assert by_name["hang"]["seconds"] < 10  # killed, not waited for
-    assert len(lines) == 4 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
+    assert "could not start" in by_name["missing"]["error"]
+    assert len(lines) == 5 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
     assert Path(by_name["ok"]["log"]).read_text().strip() == "fine"
 
 
