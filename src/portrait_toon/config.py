@@ -2,7 +2,8 @@
 mistakes (typos, unknown keys, missing weight files) into errors naming the key and the fix.
 
 Importing this module registers the resolvers the config tree uses (`run_token`,
-`project_root`, `auto_precision`); the entry points import it before Hydra composes.
+`project_root`, `auto_precision`, `perceptual_weights`); the entry points import it before Hydra
+composes.
 """
 
 from __future__ import annotations
@@ -72,12 +73,28 @@ def auto_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+# perceptual kind -> the weight file it loads from paths.weights_dir (`make weights` fetches it)
+PERCEPTUAL_WEIGHT_FILES = {"vgg19": "vgg19-dcbb9e9d.pth"}
+
+
+def perceptual_weights(kind: str, weights_dir: str) -> str | None:
+    """The default `weights_path` of a perceptual network of `kind`.
+
+    vgg19: `<weights_dir>/vgg19-dcbb9e9d.pth`, so a missing file is the usual error naming it
+    and `make weights`; None for kinds that bring their own file (stlpips: the one inside the
+    stlpips-pytorch wheel) or need none.
+    """
+    name = PERCEPTUAL_WEIGHT_FILES.get(str(kind))
+    return None if name is None else f"{weights_dir}{os.sep}{name}"
+
+
 def register_resolvers() -> None:
     """Register this project's OmegaConf resolvers (idempotent)."""
     for name, function in (
         ("run_token", run_token),
         ("project_root", project_root),
         ("auto_precision", auto_precision),
+        ("perceptual_weights", perceptual_weights),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

@@ -70,7 +70,9 @@ class PerceptualConfig:
     weight: float = 1.0
     max_size: int | None = None  # downscale both images to this longer side first
     every_n_steps: int = 1  # compute on every n-th step only (it dominates CPU step time)
-    weights_path: str | None = None  # stlpips: default from the wheel; vgg19: required
+    # stlpips: None = the wheel's file; vgg19: required (the config defaults it to
+    # paths.weights_dir/vgg19-dcbb9e9d.pth, config.perceptual_weights)
+    weights_path: str | None = None
 
 
 @dataclass
