@@ -45,6 +45,14 @@ TRAIN_BATCH = 2  # debug=tiny: data.batch_size (per rank)
 
 
 # ------------------------------------------------------------------------------- step runner
+class StepFailure(RuntimeError):
+    """A check's verdict that the step failed, keeping what it did read (`result`)."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class Outcome:
     """How a step's process ended."""
@@ -155,6 +163,9 @@ class StepRunner:
                 errors.append(f"exit status {outcome.returncode}: {_tail(outcome.log)}")
             try:
                 record["result"] = step.check(outcome)
+            except StepFailure as failure:
+                record["result"] = failure.result
+                errors.append(str(failure))
             except Exception as error:  # noqa: BLE001 - recorded; the other steps go on
                 errors.append(f"{type(error).__name__}: {error}")
             record["status"] = "failed" if errors else "passed"
@@ -249,9 +260,9 @@ def pytest_counts(junit_xml: Path, stats_file: Path | None = None) -> dict:
         lines = stats_file.read_text(encoding="utf-8").splitlines()
         result["cases"] = [json.loads(line) for line in lines if line.strip()]
     if counts["tests"] == 0:
-        raise RuntimeError("no test marked gpu was collected")
+        raise StepFailure("no test marked gpu was collected", result)
     if counts["skipped"]:
-        raise RuntimeError(f"{counts['skipped']} gpu test(s) skipped on a CUDA machine")
+        raise StepFailure(f"{counts['skipped']} gpu test(s) skipped on a CUDA machine", result)
     return result
 
 
@@ -313,8 +324,13 @@ def figures_check(out: Path) -> Callable[[Outcome], dict]:
         if not out.is_file():
             raise FileNotFoundError(f"{out} was not written")
         data = json.loads(out.read_text(encoding="utf-8"))
-        if data.get("errors"):
-            raise RuntimeError(json.dumps(data["errors"])[:1500])
+        failed = dict(data.get("errors") or {})
+        for key in ("inference", "inference_compiled"):  # cases measured one by one
+            failed.update(
+                {name: case["error"] for name, case in data.get(key, {}).items() if "error" in case}
+            )
+        if failed:
+            raise StepFailure(json.dumps(failed)[:1500], data)
         return data
 
     return check

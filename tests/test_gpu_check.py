@@ -78,6 +78,9 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
     def broken_check(outcome):
         raise ValueError("metrics.json has no l1")
 
+    def verdict(outcome):
+        raise gpu_check.StepFailure("1 case failed", {"passed": 3})
+
     Step = gpu_check.Step
     records = runner.run_group(
         [
@@ -86,6 +89,7 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
             Step("check", "x", python("pass"), 20, broken_check),
             Step("hang", "x", python("import time; time.sleep(60)"), 1.5),
             Step("missing", "x", [str(tmp_path / "no_such_program")], 20),
+            Step("verdict", "x", python("pass"), 20, verdict),
         ]
     )
     by_name = {r["name"]: r for r in records}
@@ -96,7 +100,9 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
     assert by_name["hang"]["status"] == "failed" and "timed out" in by_name["hang"]["error"]
     assert by_name["hang"]["seconds"] < 10  # killed, not waited for
     assert "could not start" in by_name["missing"]["error"]
-    assert len(lines) == 5 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
+    assert by_name["verdict"]["status"] == "failed"
+    assert by_name["verdict"]["result"] == {"passed": 3}  # kept beside the error
+    assert len(lines) == 6 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
     assert Path(by_name["ok"]["log"]).read_text().strip() == "fine"
 
 
@@ -135,8 +141,24 @@ def test_pytest_counts_reads_junit_and_refuses_skips(tmp_path):
     assert counts["cases"] == [{"case": "bisenet/feat_out", "max_rel": 0.2}]
     xml.write_text('<testsuite tests="2" skipped="2"><testcase name="a"><skipped/></testcase>'
                    '<testcase name="b"><skipped/></testcase></testsuite>')  # fmt: skip
-    with pytest.raises(RuntimeError, match="2 gpu test"):
+    with pytest.raises(gpu_check.StepFailure, match="2 gpu test") as failure:
         gpu_check.pytest_counts(xml)
+    assert failure.value.result["skipped"] == 2  # what was read stays in the report
+
+
+def test_figures_check_fails_on_a_failed_case_and_keeps_the_figures(tmp_path):
+    out = tmp_path / "figure.json"
+    check = gpu_check.figures_check(out)
+    with pytest.raises(FileNotFoundError):
+        check(None)
+    good = {"F_unet 1024x1024 fp32": {"ms": 2.0, "fps": 500.0}}
+    out.write_text(json.dumps({"inference": good}))
+    assert check(None) == {"inference": good}
+    bad = {**good, "animeganv2 4K bf16": {"error": "OutOfMemoryError: CUDA out of memory"}}
+    out.write_text(json.dumps({"inference_compiled": bad}))
+    with pytest.raises(gpu_check.StepFailure, match="OutOfMemoryError") as failure:
+        check(None)
+    assert failure.value.result["inference_compiled"]["F_unet 1024x1024 fp32"]["fps"] == 500
 
 
 def test_run_folder_check(tmp_path):
