@@ -1,10 +1,13 @@
-"""Latency of `stylize_image` (fp32, CPU, 2 threads) with F's default U-Net at 256^2, 512^2 and
-1024^2, and at 4K (3840x2160) untiled and tiled with the peak RSS of each 4K run; prints JSON.
+"""Latency of `Stylizer` (fp32, CPU, 2 threads) with F's default U-Net at 256^2, 512^2 and
+1024^2, and at 4K (3840x2160) in one pass, with the default `tile=auto` and in fixed tiles, with
+the peak RSS of each 4K run, and the peak RSS of the default run on an 8000x8000 image; prints
+JSON. Memory figures are also given as ratios to the one-pass 4K run of the same benchmark.
 
-Each 4K run happens in its own subprocess so its peak RSS is not mixed with the other runs'.
+Each 4K/8K run happens in its own subprocess so its peak RSS is not mixed with the other runs'.
 The AnimeGANv2 generator at 512^2 is timed in the same run as the reference docs/design.md §5 uses
-(F must take at most half its time). 4K runs use 3 timed runs instead of 5 (one is ~20 s).
-Usage: python benchmarks/stylize.py [--skip-4k]
+(F must take at most half its time). 4K runs use 3 timed runs instead of 5 (one is ~20 s); the
+8000x8000 run is timed once.
+Usage: python benchmarks/stylize.py [--skip-4k] [--skip-8k]
 """
 
 from __future__ import annotations

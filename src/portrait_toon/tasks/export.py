@@ -42,6 +42,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     require_packages(EXPORT_PACKAGES[fmt], f"format={fmt}")
     out = Path(cfg.out).expanduser() if cfg.get("out") else _default_out(source, fmt)
     stylizer = Stylizer.load(source, device="cpu")
+    for chatty in ("onnx_ir", "onnxscript"):  # one INFO line per graph rewrite otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     path = export_stylizer(stylizer.net, out, fmt, opset=int(cfg.get("opset", 18)))
     logger.info("exported %s as %s to %s", source, fmt, path)
     check = None
