@@ -252,13 +252,19 @@ PARSERS = ("parse_args", "parse_arguments")
 def call_parse_args(script: str, args: list[str]) -> None:
     """A script without Hydra: its own parser (`parse_args`/`parse_arguments(argv)`, or
     `build_parser()`), or that of the project module whose `main` it calls, must accept the
-    documented arguments."""
+    documented arguments; a script shown without arguments must import."""
     name = f"doc_script_{Path(script).stem}"
     source = (REPO_ROOT / script).read_text(encoding="utf-8")
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str((REPO_ROOT / script).parent))  # as `python <script>` has it
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    if not args:
+        return  # nothing to parse: the script imports
     delegate = re.search(r"from (portrait_toon[\w.]*) import main\b", source)
     modules = [module] + ([importlib.import_module(delegate.group(1))] if delegate else [])
     for candidate in modules:
