@@ -105,7 +105,9 @@ def command_job(command: DocCommand, root: Path) -> Job | None:
             variable = word.split("=", 1)[0]
             if variable.isupper():
                 assert variable in make_variables(), f"`{word}`: the Makefile has no {variable}"
+        extra = [w.split("=", 1)[1].split() for w in words if w.startswith("ARGS=")]
         words = [w for w in words if w.split("=", 1)[0] not in not_overrides]
+        words += [w for args in extra for w in args]  # ARGS="..." holds overrides too
         if target.script is None:
             assert not words, f"`make {name}` takes no Hydra overrides, the doc passes {words}"
             return None
