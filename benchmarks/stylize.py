@@ -115,7 +115,7 @@ def main() -> None:
     results = []
     for side in SQUARE_SIDES:
         image = random_image(side, side)
-        name = f"F stylize_image {side}x{side}"
+        name = f"F Stylizer {side}x{side}"
         stylizer = Stylizer(net, tile=None)
         results.append(bench_forward(name, lambda image=image, s=stylizer: s(image), conv_peak))
     reference = AnimeGANGenerator().eval()
