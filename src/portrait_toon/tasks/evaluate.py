@@ -121,9 +121,10 @@ def heldout_batches(
 
 def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
     """(ST-LPIPS distance or None, factory of the distribution distances) as the config asks:
-    `evaluate.stlpips` (default true: background ST-LPIPS and `kid_stlpips`; needs the
-    stlpips-pytorch wheel's weights) and `evaluate.inception_weights` (a path: also
-    `fid_inception` / `kid_inception`)."""
+    `evaluate.stlpips` (background ST-LPIPS and `kid_stlpips`; needs the stlpips-pytorch
+    wheel's weights; off where the config has no such key: it ~doubles to ~quadruples the
+    evaluation's time on a CPU, too much for the demo's 10 minutes) and
+    `evaluate.inception_weights` (a path: also `fid_inception` / `kid_inception`)."""
     from portrait_toon.evaluation.distribution import (
         DistributionDistance,
         InceptionFeatures,
@@ -132,7 +133,7 @@ def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
     from portrait_toon.nets.perceptual import MissingPerceptualWeightsError, ShiftTolerantLPIPS
 
     perceptual = None
-    if OmegaConf.select(cfg, "evaluate.stlpips", default=True):
+    if OmegaConf.select(cfg, "evaluate.stlpips", default=False):
         try:
             perceptual = ShiftTolerantLPIPS().to(device)
         except MissingPerceptualWeightsError as error:  # a finished training still reports
