@@ -98,7 +98,9 @@ class Stylizer:
     `max_memory_mb`: the working-memory budget of one image for `tile="auto"` (None: 2048 on a
     CPU, 80 % of the free memory on a GPU). `precision`: fp32, or bf16/fp16 autocast on a GPU;
     on a CPU these are refused (tens of times slower than fp32 there) unless the device was
-    chosen automatically, in which case fp32 is used with a warning.
+    chosen automatically, in which case fp32 is used with a warning. `device` None keeps the
+    net where it is; otherwise the net is moved there (in place, as `Module.to` does) and put
+    in eval mode without gradients.
     """
 
     def __init__(
