@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import struct
 import zlib
@@ -23,6 +24,7 @@ from portrait_toon.data.images import (
     to_uint8,
     write_image,
 )
+from portrait_toon.utils.files import atomic_write_bytes
 
 LOGGER = "portrait_toon.data.images"
 
@@ -268,6 +270,18 @@ def test_write_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     write_image(path, second, overwrite=True)
     np.testing.assert_array_equal(read_image(path), second)
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.png"]  # no temp files left
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    """Atomic writes go through a 0600 temp file; the output gets 0666 less the umask."""
+    previous = os.umask(0o022)
+    try:
+        image_path = write_image(tmp_path / "out.png", random_rgb())
+        bytes_path = atomic_write_bytes(tmp_path / "out.bin", b"data")
+    finally:
+        os.umask(previous)
+    assert image_path.stat().st_mode & 0o777 == 0o644
+    assert bytes_path.stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize(

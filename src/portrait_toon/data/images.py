@@ -20,13 +20,14 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from portrait_toon.utils.files import temp_file_beside
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +152,7 @@ def write_image(
     options: dict[str, object] = {}
     if file_format in ("JPEG", "WEBP"):
         options["quality"] = quality
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    descriptor, temp_name = temp_file_beside(path)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             Image.fromarray(np.ascontiguousarray(image)).save(stream, format=file_format, **options)

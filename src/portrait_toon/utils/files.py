@@ -10,11 +10,24 @@ import cv2
 import numpy as np
 
 
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in `path`'s folder (descriptor, name) for an atomic write of `path`.
+
+    mkstemp creates it 0600; the file it becomes gets the mode a plain `open` would give
+    (0666 less the umask), so outputs stay readable by whoever could read the folder.
+    """
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(handle, 0o666 & ~umask)
+    return handle, temp_name
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to a temporary file in the same folder, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp_name = temp_file_beside(path)
     try:
         with os.fdopen(handle, "wb") as temp_file:
             temp_file.write(data)
