@@ -77,12 +77,6 @@ def test_the_rungs_differ_only_by_the_method_step() -> None:
     assert cfgs["cutface"].trainer.max_time is None and cfgs["cutface"].trainer.max_steps > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=config.ConfigError,
-    reason="conf/experiment/webtoonme_512.yaml sets mixer.mixing_level and mixer.replace_torgb "
-    "(CDSM-only keys, equal to conf/mixer/cdsm.yaml's defaults), which mixer=layer_swap rejects",
-)
 def test_the_real_network_ladder_composes_at_debug_tiny(tmp_path) -> None:
     weights = f"paths.weights_dir={tmp_path}"
     mixers = {

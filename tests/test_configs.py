@@ -16,7 +16,10 @@ from omegaconf.errors import ConfigAttributeError
 
 from portrait_toon import config
 
-EXPERIMENTS = sorted(p.stem for p in (config.CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.relative_to(config.CONF_DIR / "experiment").with_suffix("").as_posix()
+    for p in (config.CONF_DIR / "experiment").rglob("*.yaml")
+)
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def needs_weights(error: BaseException) -> bool:
 
 
 def test_there_are_experiments():
-    assert {"demo", "baseline"} <= set(EXPERIMENTS)
+    assert {"demo", "ablation/full_body", "ablation/cutface"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("debug", [None, "tiny"])
@@ -77,8 +80,8 @@ def test_every_experiment_composes_and_builds(compose, experiment, debug):
             assert model.net.eval()(pairs["src"]).shape == (1, 3, 32, 32)
 
 
-def test_baseline_switches_off_reflection_and_cutface(compose):
-    cfg = compose(["experiment=baseline"])
+def test_full_body_rung_switches_off_reflection_and_cutface(compose):
+    cfg = compose(["experiment=ablation/full_body"])
     assert not cfg.augmentation.color_reflection.enabled
     assert not cfg.augmentation.cutface.enabled
     assert not cfg.data.landscapes  # no landscapes decoded for nothing

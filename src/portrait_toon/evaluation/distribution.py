@@ -140,7 +140,11 @@ class DistributionDistance:
         with warnings.catch_warnings():  # "saves all features in a buffer": two small sets
             warnings.simplefilter("ignore", UserWarning)
             kid = KernelInceptionDistance(
-                feature=identity, subsets=KID_SUBSETS, subset_size=min(count, KID_MAX_SUBSET)
+                feature=identity,
+                subsets=KID_SUBSETS,
+                subset_size=min(count, KID_MAX_SUBSET),
+                # only rank 0 evaluates: a cross-rank sync would wait for ranks that left
+                sync_on_compute=False,
             )
         kid.update(real, real=True)
         kid.update(fake, real=False)
@@ -152,7 +156,7 @@ class DistributionDistance:
             torch.random.set_rng_state(generator_state)
         result[f"kid_{self.name}"], result[f"kid_{self.name}_std"] = float(mean), float(std)
         if self.fid:
-            fid = FrechetInceptionDistance(feature=identity)
+            fid = FrechetInceptionDistance(feature=identity, sync_on_compute=False)
             fid.update(real, real=True)
             fid.update(fake, real=False)
             result[f"fid_{self.name}"] = float(fid.compute())
