@@ -52,7 +52,7 @@ export: $(STAMP) ## export F for other runtimes: make export ckpt=PATH [format=o
 app: $(STAMP) ## web page on localhost: make app [ckpt=PATH] (default: newest trained)
 	$(PY) app.py $(HYDRA_ARGS)
 
-evaluate: $(STAMP) ## held-out metrics + report of a trained run: make evaluate ckpt_path=RUN_DIR
+evaluate: $(STAMP) ## held-out metrics + report of a trained run: make evaluate experiment=demo ckpt_path=RUN_DIR
 	$(PY) evaluate.py $(HYDRA_ARGS)
 
 ablation: $(STAMP) ## the paper's baseline and each method step, one report: make ablation [debug=tiny]

@@ -45,10 +45,11 @@ TARGET_HOW_TO_GET = (
     "set mixer.target_checkpoint to that file (or copy it into paths.weights_dir)."
 )
 CODE_HOW_TO_GET = (
-    "w_c is written by `python synthesize.py task=character character.image_dir=... "
-    "mixer.target_checkpoint=...` (<run folder>/w_c.pt); set mixer.character_code to that file "
-    "(or copy it into paths.weights_dir), or mixer.allow_latent_avg_code=true to use G_t's "
-    "latent_avg instead."
+    "w_c is written by step 2 of the README's `Your own character` recipe: `python synthesize.py "
+    "task=character +character=default experiment=webtoonme_512 "
+    "character.image_dir=/data/my_character character.out_dir=weights` (writes "
+    "<character.out_dir>/w_c.pt); set mixer.character_code to that file (or copy it into "
+    "paths.weights_dir), or mixer.allow_latent_avg_code=true to use G_t's latent_avg instead."
 )
 BLEND_MODES = ("hard", "sigmoid")
 
