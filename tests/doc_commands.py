@@ -243,9 +243,10 @@ def make_targets() -> dict[str, MakeTarget]:
 
 def _target(name: str, recipe: tuple[str, ...]) -> MakeTarget:
     for line in recipe:
-        if "$(HYDRA_ARGS)" not in line:
+        # $(HYDRA_ARGS): key=value words and ARGS; $(ARGS) alone: a script's own options
+        if "$(HYDRA_ARGS)" not in line and "$(ARGS)" not in line:
             continue
-        words = line.replace("$(HYDRA_ARGS)", " ").split()
+        words = line.replace("$(HYDRA_ARGS)", " ").replace("$(ARGS)", " ").split()
         for i, word in enumerate(words):
             if word.endswith(".py") and (i == 0 or words[i - 1] in PYTHONS):
                 return MakeTarget(name, recipe, word, tuple(words[i + 1 :]))

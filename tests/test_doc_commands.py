@@ -114,6 +114,8 @@ def command_job(command: DocCommand, root: Path) -> Job | None:
         script, words = target.script, [*target.fixed, *words]
     else:
         script = words.pop(0)
+    if (REPO_ROOT / script).is_file() and hydra_config_name(script) is None:
+        return Job(script, None, words)  # a script's own options, parsed by its own parser
     flags = {w for w in words if w.startswith("-")}
     overrides = [w for w in words if not w.startswith("-")] + list(command.optional)
     fixtures = fixtures_for(root)
