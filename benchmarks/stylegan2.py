@@ -2,7 +2,8 @@
 discriminator (256 px batch 4, channels_last) as % of the same-run conv peak; prints JSON.
 
 Weights are the modules' own random init (N(0, 1) raw weights; scale hardly matters for speed).
-FLOPs are counted on the fast path as executed (FlopCounterMode).
+FLOPs are counted on the fast path as executed (FlopCounterMode); `early_exit_flops` is the
+share of the 1024 px block in the FFHQ config-f generator's FLOPs (what render_size: auto saves).
 --reference: also time the readable reference modulated conv (upstream's formulation: per-sample
   weights, grouped conv, single-channel upfirdn2d) for a same-run speed-up figure.
 --cpu-time: also measure with 1 thread in process CPU time (min of the runs), peak included; on
@@ -43,6 +44,22 @@ def discriminator_case(size: int, batch: int) -> Callable[[], object]:
     d = Discriminator(size).eval().to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     return lambda: d(images)
+
+
+def early_exit_flops(size: int = 1024, stop: int = 512) -> dict[str, float]:
+    """Generator FLOPs of a full render vs one stopped after the `stop` px block
+    (synthesis_from_styles(max_resolution=stop), what generator.render_size: auto does)."""
+    torch.manual_seed(0)
+    g = Generator(size).eval()
+    with torch.inference_mode():
+        styles = g.get_styles(torch.randn(1, g.style_dim))
+        full = count_flops(lambda: g.synthesis_from_styles(styles))
+        early = count_flops(lambda: g.synthesis_from_styles(styles, max_resolution=stop))
+    return {
+        f"G{size}_full_gflop": full / 1e9,
+        f"G{size}_to_{stop}_gflop": early / 1e9,
+        f"share_of_the_{size}_block": 1.0 - early / full,
+    }
 
 
 def cpu_seconds(fn: Callable[[], object], runs: int) -> float:
@@ -101,6 +118,7 @@ def main() -> None:
             row["speedup_vs_reference"] = ref["ms"] / row["ms"]
         results.append(row)
     report = {"benchmark": "stylegan2", "peaks": peaks, "results": results}
+    report["early_exit_flops"] = early_exit_flops()
     if args.cpu_time:
         report["single_thread_cpu_time"] = single_thread_cpu_figures(cases, runs=3)
     report["peak_rss_mib"] = peak_rss_mib()

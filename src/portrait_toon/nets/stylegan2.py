@@ -777,7 +777,8 @@ class Generator(nn.Module):
         max_resolution: stop after the block of that resolution (a power of two, 4..size) and
         return its skip image [B, 3, r, r] - the image the finer blocks only refine (StyleGAN2's
         skip architecture), at a fraction of the cost: the 1024 px block of FFHQ config-f is
-        40 % of the generator's FLOPs. The styles of the skipped layers are ignored.
+        20 % of the generator's FLOPs (benchmarks/stylegan2.py). The styles of the skipped
+        layers are ignored.
         With autograd off, a layer may overwrite its input activation once it has been used:
         forward hooks that keep a StyledConv's output must clone it.
         """

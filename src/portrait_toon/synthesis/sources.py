@@ -255,7 +255,7 @@ class StyleGAN2Generator(nn.Module):
             generator's size.
         render_size: the generator block whose skip image is rendered: "auto" (default) =
             the smallest block at or above `resolution` (FFHQ 1024 at a 512 working size stops
-            after the 512 block: 40 % fewer FLOPs). That skip image approximates the resized
+            after the 512 block: 20 % fewer FLOPs). That skip image approximates the resized
             full render (the finer blocks add a residual on top of it; how close it is on the
             real FFHQ weights is not measured here), None = the full size (the exact upstream
             image, then resized), or a power of two. Mixers render at the same size.
