@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from portrait_toon import config
+from portrait_toon import config, resume
 
 EXPERIMENTS = sorted(
     p.relative_to(config.CONF_DIR / "experiment").with_suffix("").as_posix()
@@ -230,14 +230,14 @@ def test_resolve_ckpt_path(tmp_path):
 
     os.utime(old / "checkpoints" / "last.ckpt", (1, 1))
     here = tmp_path / "here"
-    assert config.resolve_ckpt_path(None, here, str(runs)) is None
-    assert config.resolve_ckpt_path("last", here, str(runs)) == str(new / "checkpoints/last.ckpt")
-    assert config.resolve_ckpt_path("last", old, str(runs)) == str(old / "checkpoints/last.ckpt")
-    assert config.resolve_ckpt_path(str(old), here, str(runs)) == str(old / "checkpoints/last.ckpt")
+    assert resume.resolve_ckpt_path(None, here, str(runs)) is None
+    assert resume.resolve_ckpt_path("last", here, str(runs)) == str(new / "checkpoints/last.ckpt")
+    assert resume.resolve_ckpt_path("last", old, str(runs)) == str(old / "checkpoints/last.ckpt")
+    assert resume.resolve_ckpt_path(str(old), here, str(runs)) == str(old / "checkpoints/last.ckpt")
     with pytest.raises(config.ConfigError, match="no such checkpoint"):
-        config.resolve_ckpt_path(str(tmp_path / "nope.ckpt"), here, str(runs))
+        resume.resolve_ckpt_path(str(tmp_path / "nope.ckpt"), here, str(runs))
     with pytest.raises(config.ConfigError, match="no last.ckpt"):
-        config.resolve_ckpt_path("last", here, str(tmp_path / "empty"))
+        resume.resolve_ckpt_path("last", here, str(tmp_path / "empty"))
 
 
 def test_paths_follow_project_root(compose, monkeypatch, tmp_path):

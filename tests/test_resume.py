@@ -22,7 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from portrait_toon import config
+from portrait_toon import config, resume
 from portrait_toon.tasks import train as train_task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -271,9 +271,9 @@ def test_readme_resume_command_continues_the_runs_own_experiment(tmp_path):
     position = first["OnTheFlyDataModule"]["next_position"]
     assert final["OnTheFlyDataModule"]["next_position"] > position  # the next unseen pairs
     assert final["hyper_parameters"]["net_config"]["stem_stride"] == 1  # demo's net, not default
-    recorded = config.saved_run_overrides(run_dir)  # Hydra's record: the run's + the new ones
+    recorded = resume.saved_run_overrides(run_dir)  # Hydra's record: the run's + the new ones
     assert recorded == [*started, "evaluate.export=false", "ckpt_path=last", "trainer.max_steps=6"]
-    assert final[train_task.OVERRIDES_KEY] == recorded
+    assert final[resume.OVERRIDES_KEY] == recorded
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_is_one_error_naming_keys_and_overrides(
@@ -308,27 +308,27 @@ def test_resume_arguments_put_the_runs_overrides_under_the_new_ones(tmp_path):
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         "- experiment=demo\n- trainer.max_steps=4\n- +callbacks.extra.every=2\n- ckpt_path=null\n"
     )
-    resume = [f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=9"]
-    assert config.resume_arguments(resume) == [
+    resume_words = [f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=9"]
+    assert resume.resume_arguments(resume_words) == [
         "experiment=demo",
         "+callbacks.extra.every=2",
-        *resume,
+        *resume_words,
     ]
     # a key the run added stays an addition; flags pass through
-    assert config.resume_arguments(["--cfg", "job", *resume, "callbacks.extra.every=3"]) == [
+    assert resume.resume_arguments(["--cfg", "job", *resume_words, "callbacks.extra.every=3"]) == [
         "--cfg",
         "job",
         "experiment=demo",
-        *resume,
+        *resume_words,
         "+callbacks.extra.every=3",
     ]
     # ckpt_path naming the run folder or its checkpoint file: the same run's overrides
     for ckpt in (run_dir, run_dir / "checkpoints" / "last.ckpt"):
-        assert config.resume_arguments([f"ckpt_path={ckpt}"])[0] == "experiment=demo"
+        assert resume.resume_arguments([f"ckpt_path={ckpt}"])[0] == "experiment=demo"
     # fresh runs, multirun and folders without a Hydra record are left as typed
     for words in (
         [f"hydra.run.dir={run_dir}", "experiment=demo"],
-        ["-m", *resume],
+        ["-m", *resume_words],
         [f"hydra.run.dir={tmp_path}", "ckpt_path=last"],
     ):
-        assert config.resume_arguments(words) == words
+        assert resume.resume_arguments(words) == words

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from portrait_toon import config
+from portrait_toon import config, resume
 from portrait_toon.tasks.synthesize import build_synthesizer
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if ckpt.is_dir() and (ckpt / STYLIZER_FILE).is_file():
         resolved = str(ckpt / STYLIZER_FILE)
     else:
-        resolved = config.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
+        resolved = resume.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
