@@ -313,6 +313,7 @@ def test_resume_arguments_put_the_runs_overrides_under_the_new_ones(tmp_path):
         "experiment=demo",
         "+callbacks.extra.every=2",
         *resume_words,
+        "hydra.mode=RUN",
     ]
     # a key the run added stays an addition; flags pass through
     assert resume.resume_arguments(["--cfg", "job", *resume_words, "callbacks.extra.every=3"]) == [
@@ -321,6 +322,7 @@ def test_resume_arguments_put_the_runs_overrides_under_the_new_ones(tmp_path):
         "experiment=demo",
         *resume_words,
         "+callbacks.extra.every=3",
+        "hydra.mode=RUN",
     ]
     # ckpt_path naming the run folder or its checkpoint file: the same run's overrides
     for ckpt in (run_dir, run_dir / "checkpoints" / "last.ckpt"):
@@ -332,3 +334,23 @@ def test_resume_arguments_put_the_runs_overrides_under_the_new_ones(tmp_path):
         [f"hydra.run.dir={tmp_path}", "ckpt_path=last"],
     ):
         assert resume.resume_arguments(words) == words
+
+
+def test_resuming_an_optuna_trial_is_one_run_not_a_new_study(tmp_path):
+    """A trial's saved overrides carry `hparams_search=optuna`, whose config says
+    `hydra.mode: MULTIRUN`: the resume forces a single run (as the process launcher starts
+    every trial), unless the user typed a mode."""
+    trial = tmp_path / "multiruns" / "study" / "3"
+    (trial / ".hydra").mkdir(parents=True)
+    (trial / ".hydra" / "overrides.yaml").write_text(
+        "- hparams_search=optuna\n- experiment=webtoonme_512\n- model.optim.lr=0.0003\n"
+    )
+    words = resume.resume_arguments([f"hydra.run.dir={trial}", "ckpt_path=last"])
+    assert words[0] == "hparams_search=optuna" and "model.optim.lr=0.0003" in words
+    assert words[-1] == "hydra.mode=RUN"
+    assert words.count("hydra.mode=RUN") == 1
+    typed = resume.resume_arguments([f"hydra.run.dir={trial}", "ckpt_path=last", "hydra.mode=RUN"])
+    assert typed.count("hydra.mode=RUN") == 1
+    # the search config really asks for a sweep: what the override undoes
+    search = config.OmegaConf.load(config.CONF_DIR / "hparams_search" / "optuna.yaml")
+    assert search.hydra.mode == "MULTIRUN"

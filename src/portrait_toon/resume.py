@@ -30,6 +30,10 @@ _FLAGS_WITH_VALUE = frozenset(
     | {"-c", "--cfg", "-i", "--info", "--experimental-rerun"}
 )
 _MULTIRUN_FLAGS = frozenset({"-m", "--multirun"})
+# A resume is one run, even when the run's saved overrides pick a config that says
+# `hydra.mode: MULTIRUN` (an Optuna trial's `hparams_search=optuna`): without this it would
+# start a new study. hydra/launcher=process starts each sweep job the same way.
+SINGLE_RUN_OVERRIDE = "hydra.mode=RUN"
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,9 +138,11 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
     `python train.py hydra.run.dir=<run> ckpt_path=last [key=value ...]` must continue THAT
     experiment: Hydra composes before any task code runs and then overwrites the run's
     `.hydra/overrides.yaml`, so the entry point rewrites its arguments first: the run's saved
-    overrides, then the ones typed now (which win, e.g. a larger `trainer.max_steps`). Flags
-    pass through; multirun jobs are rewritten in their own processes (hydra/launcher=process
-    starts each one as a single run in its folder). Unparsable words are left to Hydra.
+    overrides, then the ones typed now (which win, e.g. a larger `trainer.max_steps`), then
+    `hydra.mode=RUN` unless typed (a resumed Optuna trial is that one trial, not a new study).
+    Flags pass through; multirun jobs are rewritten in their own processes
+    (hydra/launcher=process starts each one as a single run in its folder). Unparsable words
+    are left to Hydra.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -166,7 +172,8 @@ def resume_arguments(argv: Sequence[str]) -> list[str]:
     run = resumed_run_folder(values.get("ckpt_path"), values.get("hydra.run.dir"))
     if run is None:
         return words
-    return flags + merge_overrides(saved_run_overrides(run), overrides)
+    single_run = [] if "hydra.mode" in values else [SINGLE_RUN_OVERRIDE]
+    return flags + merge_overrides(saved_run_overrides(run), overrides) + single_run
 
 
 # --------------------------------------------------------------------------------------------
