@@ -354,3 +354,29 @@ def test_resuming_an_optuna_trial_is_one_run_not_a_new_study(tmp_path):
     # the search config really asks for a sweep: what the override undoes
     search = config.OmegaConf.load(config.CONF_DIR / "hparams_search" / "optuna.yaml")
     assert search.hydra.mode == "MULTIRUN"
+
+
+class TinyModule(torch.nn.Module):
+    """What `check_checkpoint_fits` reads of a LightningModule: its weights and hparams."""
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(width, 2)
+        self.hparams = {"width": width}
+
+
+def test_the_checkpoint_check_compares_shapes_without_loading_into_the_model(tmp_path):
+    """Lightning loads the checkpoint in `fit`: the check must not load it a second time."""
+    model = TinyModule()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = TinyModule()
+    torch.nn.init.constant_(other.layer.weight, 7.0)
+    path = tmp_path / "fits.ckpt"
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": {"width": 3}}, path)
+    model.load_state_dict = None  # any load attempt fails loudly
+    resume.check_checkpoint_fits(model, str(path))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    wide = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": TinyModule(5).state_dict(), "hyper_parameters": {"width": 5}}, wide)
+    with pytest.raises(config.ConfigError, match=r"(?s)shape mismatches \(1\).*width: 5 vs 3"):
+        resume.check_checkpoint_fits(model, str(wide))

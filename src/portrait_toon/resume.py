@@ -184,16 +184,18 @@ def check_checkpoint_fits(model: Any, ckpt_path: str) -> None:
     Lightning would stop inside `fit` with a raw `size mismatch for net...` traceback. The
     usual cause is a resume composed without the run's overrides (another experiment or
     model); the error names the differing weights, the model settings that differ and the
-    overrides of the run and of this config.
+    overrides of the run and of this config. Only key names and shapes are compared: nothing
+    is loaded into `model` (Lightning loads the checkpoint once, in `fit`).
     """
-    from portrait_toon.checkpoints import CheckpointMismatchError, load_into, load_state_dict_file
+    from portrait_toon.checkpoints import CheckpointMismatchError, check_fits, load_state_dict_file
 
     content = load_state_dict_file(ckpt_path)
     state = content.get("state_dict")
     if not isinstance(state, dict) or not getattr(model, "strict_loading", True):
         return  # not a Lightning checkpoint (Lightning says so), or a module that loads loosely
     try:
-        load_into(model, state, source=ckpt_path, expected=f"the {type(model).__name__} here")
+        expected = f"the {type(model).__name__} here"
+        check_fits(model.state_dict(), state, source=ckpt_path, expected=expected)
     except CheckpointMismatchError as error:
         lines = [str(error)]
         saved = _differing_hparams(content, dict(model.hparams))
