@@ -183,13 +183,8 @@ def summarize(
         write_ablation_png,
     )
     from portrait_toon.evaluation.heldout import measure_sets
-    from portrait_toon.tasks.evaluate import (
-        STYLIZER_FILE,
-        _checkpoint_step,
-        _json_ready,
-        heldout_sets,
-        metric_networks,
-    )
+    from portrait_toon.evaluation.records import checkpoint_step, json_ready
+    from portrait_toon.tasks.evaluate import STYLIZER_FILE, heldout_sets, metric_networks
     from portrait_toon.utils.generator_file import load_stylizer
 
     rungs = list(options.rungs)
@@ -218,8 +213,8 @@ def summarize(
             )
         net = load_stylizer(path, device=device)
         metrics = measure_sets(net, sets, perceptual, make_distributions)
-        metrics["steps"] = _checkpoint_step(str(path))
-        variants[rung] = _json_ready(metrics)
+        metrics["steps"] = checkpoint_step(path)
+        variants[rung] = json_ready(metrics)
         for row in rows:
             row.setdefault("outputs", {})[rung] = net(row["src"][None].float())[0].clamp(-1, 1)
         log.info("rung %s: %s", rung, {k: variants[rung].get(k) for k in SUMMARY_LOG_KEYS})

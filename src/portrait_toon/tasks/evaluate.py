@@ -9,7 +9,6 @@ the plain rows stay plain.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from portrait_toon import config, resume
+from portrait_toon.evaluation.records import checkpoint_step, json_ready, write_json
 from portrait_toon.tasks.synthesize import build_synthesizer
 
 log = logging.getLogger(__name__)
@@ -152,24 +152,6 @@ def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
     return perceptual, make_distributions
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write JSON atomically (a reader never sees half a file)."""
-    from portrait_toon.utils.files import atomic_write_bytes
-
-    text = json.dumps(_json_ready(data), indent=2, sort_keys=True) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 @torch.no_grad()
 def evaluate_heldout(
     cfg: DictConfig, net: nn.Module, output_dir: str | Path, steps: int
@@ -192,7 +174,7 @@ def evaluate_heldout(
         perceptual, make_distributions = metric_networks(cfg, device)
         metrics = measure_sets(net, sets, perceptual, make_distributions)
         metrics["steps"] = int(steps)
-        metrics = _json_ready(metrics)
+        metrics = json_ready(metrics)
         write_json(output_dir / METRICS_FILE, metrics)
         cut_rows = sets.get("cutface", []) + sets.get("unseen_landscape", [])
         save_demo_report(output_dir / REPORT_FILE, _report_rows(net, sets["plain"], cut_rows))
@@ -267,22 +249,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     net = load_stylizer(resolved, device=device)
     log.info("evaluating %s", resolved)
-    steps = _checkpoint_step(resolved)
+    steps = checkpoint_step(resolved)
     return evaluate_heldout(cfg, net, output_dir, steps=steps)
-
-
-def _checkpoint_step(path: str) -> int:
-    """The training step a checkpoint or stylizer file records (0 when unknown)."""
-    from portrait_toon.checkpoints import load_state_dict_file
-
-    try:
-        content = load_state_dict_file(path)
-    except Exception:  # noqa: BLE001 - only for the report; loading itself already succeeded
-        return 0
-    if "global_step" in content:  # Lightning checkpoint
-        return int(content["global_step"])
-    for key in ("meta", "metadata"):  # stylizer/generator export files
-        metadata = content.get(key)
-        if isinstance(metadata, dict) and "global_step" in metadata:
-            return int(metadata["global_step"])
-    return 0
