@@ -10,6 +10,7 @@ the plain rows stay plain.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,24 @@ def heldout_indices(cfg: DictConfig, synthesizer: torch.nn.Module) -> list[int]:
     return list(range(first, first + count))
 
 
-def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[str, torch.Tensor]]]:
+HELDOUT_SETS = ("plain", "cutface", "unseen_landscape")
+
+
+def heldout_sets(
+    cfg: DictConfig, device: torch.device, names: Sequence[str] = HELDOUT_SETS
+) -> dict[str, list[dict[str, torch.Tensor]]]:
     """The held-out pairs, uncropped: `plain` frames (CutFace off); `cutface` pairs (CutFace
     forced on, `evaluate.num_cutface`, when the config trains with it); `unseen_landscape`
     CutFace pairs on pictures no training bank uses (`evaluate.num_unseen_landscape`, from
     `evaluate.unseen_landscape_dir` or the held-out built-ins). Every set is a function of
-    the config and `evaluate.base_seed` only."""
+    the config and `evaluate.base_seed` only; only the sets in `names` are made (each has the
+    same pairs as when all are made: the later sets' indices follow the plain frames')."""
     from portrait_toon.synthesis.landscapes import LandscapeBank
     from portrait_toon.synthesis.latents import pair_seed
 
+    unknown = sorted(set(names) - set(HELDOUT_SETS))
+    if unknown:
+        raise ValueError(f"heldout_sets: no held-out set {unknown}; the sets: {HELDOUT_SETS}")
     ev = cfg.evaluate
     base_seed, batch_size = int(ev.base_seed), int(ev.batch_size)
     cut_on = {"crop": {"enabled": False}, "cutface": {"enabled": True, "p": 1.0}}
@@ -85,17 +95,20 @@ def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[s
         augmentation_overrides={"crop": {"enabled": False}, "cutface": {"p": 0.0}},
     ).to(device)
     plain_indices = heldout_indices(cfg, plain_synthesizer)
-    sets = {"plain": _synthesized(plain_synthesizer, plain_indices, batch_size, device)}
+    sets = {}
+    if "plain" in names:
+        sets["plain"] = _synthesized(plain_synthesizer, plain_indices, batch_size, device)
     # CutFace and unseen-landscape pairs take indices after the plain frames' range
     first = max(int(ev.index_base) + int(ev.num_images), max(plain_indices, default=0) + 1)
     count = int(ev.num_cutface)
-    if count > 0 and OmegaConf.select(cfg, "augmentation.cutface.enabled", default=False):
+    cutface = count > 0 and OmegaConf.select(cfg, "augmentation.cutface.enabled", default=False)
+    if cutface and "cutface" in names:
         cut_synthesizer = build_synthesizer(cfg, base_seed=base_seed, augmentation_overrides=cut_on)
         indices = list(range(first, first + count))
         sets["cutface"] = _synthesized(cut_synthesizer.to(device), indices, batch_size, device)
     first += max(count, 0)
     unseen = int(OmegaConf.select(cfg, "evaluate.num_unseen_landscape", default=0) or 0)
-    if unseen > 0:
+    if unseen > 0 and "unseen_landscape" in names:
         bank = LandscapeBank(
             OmegaConf.select(cfg, "evaluate.unseen_landscape_dir", default=None), holdout=True
         )
@@ -110,13 +123,6 @@ def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[s
             cut_synthesizer.to(device), indices, batch_size, device, landscapes=pictures
         )
     return sets
-
-
-def heldout_batches(
-    cfg: DictConfig, device: torch.device, *, cutface: bool
-) -> list[dict[str, torch.Tensor]]:
-    """Held-out pairs in batches: the plain frames, or the CutFace pairs (see heldout_sets)."""
-    return heldout_sets(cfg, device).get("cutface" if cutface else "plain", [])
 
 
 def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
