@@ -155,6 +155,16 @@ def test_rung_folders_are_the_jobs_of_the_rungs_experiments(tmp_path) -> None:
     assert "experiment=BASE" in message
 
 
+def test_a_missing_inception_weights_file_stops_the_ladder_before_it_trains(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    missing = tmp_path / "pt_inception.pth"
+    with pytest.raises(config.ConfigError, match=f"evaluate.inception_weights={missing}"):
+        ablation.main(
+            ["debug=tiny", f"evaluate.inception_weights={missing}", f"ablation.sweep_dir={sweep}"]
+        )
+    assert not sweep.exists()  # no rung trained
+
+
 @pytest.mark.slow
 def test_make_ablation_debug_tiny_through_the_process_launcher(tmp_path) -> None:
     """`make ablation debug=tiny` as typed: one fresh process per rung job."""

@@ -164,6 +164,28 @@ def test_missing_weight_file_is_named_with_the_fix(tmp_path):
     config.validate(cfg, check_targets=False)  # present: no error
 
 
+def test_inception_weights_are_checked_before_the_run(tmp_path, monkeypatch):
+    """A bad evaluate.inception_weights is an error when the config is validated, not when
+    the held-out evaluation at the end of the training reads it."""
+    missing = tmp_path / "pt_inception.pth"
+    cfg = OmegaConf.create({"evaluate": {"enabled": True, "inception_weights": str(missing)}})
+    with pytest.raises(config.ConfigError) as error:
+        config.validate(cfg, check_targets=False)
+    message = str(error.value)
+    assert f"evaluate.inception_weights={missing}: no such file" in message
+    assert config.INCEPTION_WEIGHTS_FILE in message and "=null" in message
+    cfg.evaluate.enabled = False  # no evaluation: nothing reads the file
+    config.validate(cfg, check_targets=False)
+    cfg.evaluate.enabled = True
+    missing.write_bytes(b"x")
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(config.ConfigError, match="torch-fidelity, which is not installed"):
+        config.validate(cfg, check_targets=False)
+    monkeypatch.undo()
+    cfg.evaluate.inception_weights = None
+    config.validate(cfg, check_targets=False)  # unset: FID/KID on Inception skipped
+
+
 def test_set_if_present_only_touches_existing_keys():
     cfg = OmegaConf.create(
         {

@@ -9,6 +9,7 @@ composes.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -207,7 +208,9 @@ def validate(cfg: DictConfig, *, check_targets: bool = True, check_weights: bool
     - every `_target_` node: each key is an argument of the target (unless it takes **kwargs);
     - `augmentation`: only the keys of conf/augmentation/default.yaml;
     - weight files: a path under `paths.weights_dir` that does not exist is named, with where
-      it comes from (`make weights`).
+      it comes from (`make weights`); `evaluate.inception_weights`, when the held-out
+      evaluation runs, names an existing file (and torch-fidelity is installed), so a bad path
+      stops the run now, not after the training it would have measured.
     """
     if not OmegaConf.is_struct(cfg):
         # struct mode is what turns `trainer.max_stpes=3` into an error instead of a new key
@@ -220,7 +223,37 @@ def validate(cfg: DictConfig, *, check_targets: bool = True, check_weights: bool
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     cpu_half_precision_warning(cfg)
     if check_weights:
+        check_inception_weights(cfg)
         _check_weight_files(cfg)
+
+
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+"""The FID Inception-v3 weights `evaluate.inception_weights` names (torch-fidelity's release)."""
+
+
+def check_inception_weights(cfg: DictConfig) -> None:
+    """`ConfigError` unless `evaluate.inception_weights` is unset, the evaluation is off
+    (`evaluate.enabled=false`), or it names a file and torch-fidelity (the network's code)
+    is installed: evaluation/distribution.py `InceptionFeatures` loads it at the END of a
+    training or of every ablation rung."""
+    select = {"default": None, "throw_on_resolution_failure": False}
+    path = OmegaConf.select(cfg, "evaluate.inception_weights", **select)
+    enabled = OmegaConf.select(cfg, "evaluate.enabled", **select)
+    if not path or enabled is False:
+        return
+    if not Path(str(path)).expanduser().is_file():
+        raise ConfigError(
+            f"evaluate.inception_weights={path}: no such file. It must be the FID Inception-v3 "
+            f"weights ({INCEPTION_WEIGHTS_FILE}, from torch-fidelity's releases on GitHub) "
+            "that fid_inception / kid_inception use; or set evaluate.inception_weights=null "
+            "to skip those two metrics"
+        )
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ConfigError(
+            f"evaluate.inception_weights={path} is set, but the Inception network's code comes "
+            "from torch-fidelity, which is not installed: `pip install torch-fidelity` (it "
+            "needs torchvision), or set evaluate.inception_weights=null"
+        )
 
 
 def cpu_half_precision_warning(cfg: DictConfig) -> str | None:

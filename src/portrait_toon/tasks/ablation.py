@@ -14,6 +14,8 @@ method with the same seed, budget and held-out set, then write one report.
    ablation.md and ablation.png go into the sweep folder. `ablation.train=false
    ablation.sweep_dir=DIR` re-summarises a finished sweep (words typed then go on top of the
    jobs' saved ones).
+The reference config is composed and validated before the ladder starts, so a config mistake
+(e.g. a missing `evaluate.inception_weights` file) stops it before any rung trains.
 """
 
 from __future__ import annotations
@@ -291,6 +293,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     sweep_dir = Path(options.sweep_dir) if options.sweep_dir else _default_sweep_dir()
     sweep_dir = sweep_dir.resolve()
     if options.train:
+        # config mistakes (a missing evaluate.inception_weights file, a typo) stop the ladder
+        # now, not when the summary (or every rung's final evaluation) reads them
+        config.validate(reference_config(options, overrides))
         run_ladder(options, overrides, sweep_dir)
     elif not sweep_dir.is_dir():
         raise AblationError(f"ablation.train=false: ablation.sweep_dir {sweep_dir} is no folder")
