@@ -1,4 +1,5 @@
-"""`make gpu-check` (benchmarks/gpu_check.py, gpu_figures.py): what runs without a GPU.
+"""`make gpu-check` (benchmarks/gpu_check.py, gpu_steps.py, gpu_figures.py): what runs
+without a GPU.
 
 The argument handling, the JSON writer, the step runner's error capture and time limits (on
 small subprocesses), the checks that read what a step wrote, the no-CUDA exit, the `gpu`
@@ -23,6 +24,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 gpu_check = importlib.import_module("gpu_check")
+gpu_steps = importlib.import_module("gpu_steps")
 
 
 def python(code: str) -> list[str]:
@@ -60,7 +62,7 @@ def test_steps_and_their_selection(tmp_path):
 # ---------------------------------------------------------------------------------- JSON
 def test_report_writer_gives_strict_json(tmp_path):
     report = {"a": math.nan, "b": [1.5, math.inf], "c": tmp_path, "d": {1: True, "e": None}}
-    path = gpu_check.write_report(tmp_path / "sub" / "gpu_check.json", report)
+    path = gpu_steps.write_report(tmp_path / "sub" / "gpu_check.json", report)
     assert json.loads(path.read_text()) == {
         "a": None,
         "b": [1.5, None],
@@ -73,15 +75,15 @@ def test_report_writer_gives_strict_json(tmp_path):
 # -------------------------------------------------------------------------------- runner
 def test_runner_records_every_outcome_and_goes_on(tmp_path):
     lines = []
-    runner = gpu_check.StepRunner(60, tmp_path, echo=lines.append, min_step_s=1)
+    runner = gpu_steps.StepRunner(60, tmp_path, echo=lines.append, min_step_s=1)
 
     def broken_check(outcome):
         raise ValueError("metrics.json has no l1")
 
     def verdict(outcome):
-        raise gpu_check.StepFailure("1 case failed", {"passed": 3})
+        raise gpu_steps.StepFailure("1 case failed", {"passed": 3})
 
-    Step = gpu_check.Step
+    Step = gpu_steps.Step
     records = runner.run_group(
         [
             Step("ok", "x", python("print('fine')"), 20, lambda outcome: {"value": 1}),
@@ -107,19 +109,19 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
 
 
 def test_runner_keeps_to_the_budget(tmp_path):
-    runner = gpu_check.StepRunner(3, tmp_path, echo=lambda line: None, min_step_s=1)
-    step = gpu_check.Step(
-        "limit", "x", python("import sys; print(sys.argv[1])") + [gpu_check.TIME_LIMIT], 60
+    runner = gpu_steps.StepRunner(3, tmp_path, echo=lambda line: None, min_step_s=1)
+    step = gpu_steps.Step(
+        "limit", "x", python("import sys; print(sys.argv[1])") + [gpu_steps.TIME_LIMIT], 60
     )
     started = time.monotonic()
     first = runner.run_group(
-        [gpu_check.Step("slow", "x", python("import time; time.sleep(30)"), 60)]
+        [gpu_steps.Step("slow", "x", python("import time; time.sleep(30)"), 60)]
     )
     assert first[0]["status"] == "failed" and time.monotonic() - started < 10
     second = runner.run_group([step])
     assert second[-1]["status"] == "skipped" and "not started" in second[-1]["error"]
 
-    runner = gpu_check.StepRunner(100, tmp_path, echo=lambda line: None)
+    runner = gpu_steps.StepRunner(100, tmp_path, echo=lambda line: None)
     runner.run_group([step])
     # the step's own time limit is what is left of its limit, with 15 s to spare
     assert Path(runner.records[0]["log"]).read_text().strip() == "45"
@@ -141,7 +143,7 @@ def test_pytest_counts_reads_junit_and_refuses_skips(tmp_path):
     assert counts["cases"] == [{"case": "bisenet/feat_out", "max_rel": 0.2}]
     xml.write_text('<testsuite tests="2" skipped="2"><testcase name="a"><skipped/></testcase>'
                    '<testcase name="b"><skipped/></testcase></testsuite>')  # fmt: skip
-    with pytest.raises(gpu_check.StepFailure, match="2 gpu test") as failure:
+    with pytest.raises(gpu_steps.StepFailure, match="2 gpu test") as failure:
         gpu_check.pytest_counts(xml)
     assert failure.value.result["skipped"] == 2  # what was read stays in the report
 
@@ -156,7 +158,7 @@ def test_figures_check_fails_on_a_failed_case_and_keeps_the_figures(tmp_path):
     assert check(None) == {"inference": good}
     bad = {**good, "animeganv2 4K bf16": {"error": "OutOfMemoryError: CUDA out of memory"}}
     out.write_text(json.dumps({"inference_compiled": bad}))
-    with pytest.raises(gpu_check.StepFailure, match="OutOfMemoryError") as failure:
+    with pytest.raises(gpu_steps.StepFailure, match="OutOfMemoryError") as failure:
         check(None)
     assert failure.value.result["inference_compiled"]["F_unet 1024x1024 fp32"]["fps"] == 500
 
@@ -284,7 +286,7 @@ def test_synthesis_and_train_step_figures_on_cpu(tiny_figures):
 
 def test_main_writes_the_report_and_exits_1_on_a_failure(tmp_path, monkeypatch, capsys):
     """main's flow with CUDA faked and two cheap steps (one passing, one failing)."""
-    Step = gpu_check.Step
+    Step = gpu_steps.Step
     steps = [
         [Step("tests: fine", "correctness", python("pass"), 20, lambda o: {"passed": 2})],
         [Step("figure: broken", "figures", python("import sys; sys.exit(2)"), 20)],
