@@ -263,9 +263,9 @@ def test_readme_resume_command_continues_the_runs_own_experiment(tmp_path):
     assert first["global_step"] == 4
 
     # typed as the README shows it, plus a longer budget: no experiment retyped
-    resume = readme_resume_words(run_dir)
-    assert resume == [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
-    run_train_py(*resume, "trainer.max_steps=6")
+    typed = readme_resume_words(run_dir)
+    assert typed == [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    run_train_py(*typed, "trainer.max_steps=6")
     final = checkpoint(run_dir)
     assert final["global_step"] == 6  # the demo's U-Net loaded and trained on (no size mismatch)
     position = first["OnTheFlyDataModule"]["next_position"]
