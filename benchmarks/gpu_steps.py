@@ -10,6 +10,7 @@ skipped, seconds, result or error), and the records are written as one strict JS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIN_STEP_S = 10.0  # a step with less time than this left is not started
 TIME_LIMIT = "{time_limit}"  # in a step's command: replaced by its seconds left, minus 15
+KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL this much later if anything of the group is left
 
 
 class StepFailure(RuntimeError):
@@ -95,14 +97,14 @@ class StepRunner:
                     if process.poll() is None and elapsed <= limit:
                         continue
                     timed_out = process.poll() is None
-                    _kill_group(process)  # also what it left behind (DDP ranks, workers)
+                    kill_group(process)  # also what it left behind (DDP ranks, workers)
                     handle.close()
                     running.remove(entry)
                     self._finish(step, Outcome(process.returncode, elapsed, timed_out, log), limit)
                 time.sleep(0.2)
         finally:  # interrupted (Ctrl-C): leave nothing running on the GPUs
             for _, process, handle, *_ in running:
-                _kill_group(process)
+                kill_group(process)
                 handle.close()
         return self.records
 
@@ -156,17 +158,56 @@ class StepRunner:
         self.echo(_line(record, time.monotonic() - self.started))
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+def kill_group(process: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
+    """Terminate the step's process group, then kill whatever of it is left after `grace_s`.
+
+    The group outlives its leader: DDP ranks and loader workers stay in it when the leader has
+    exited (or been reaped, when `wait` returns at once), and a rank stuck in NCCL or catching
+    SIGTERM (Lightning installs a handler) ignores the polite signal. So the group, not the
+    leader, is waited for, and SIGKILL goes to it whenever anything is left. The group's id is
+    the leader's pid (start_new_session).
+    """
+    pgid = process.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):  # nothing left in its group
+        process.poll()
+        return
+    deadline = time.monotonic() + grace_s
+    while True:
+        process.poll()  # reap the leader: without /proc its zombie would count as running
+        if not _group_alive(pgid):
+            break
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # ended in between
+                os.killpg(pgid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    # reap the leader (gone by now, unless stuck in uninterruptible I/O: then it is left)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is left that can still run (zombies cannot)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True  # no way to tell zombies apart: kill it
+    for stat in proc.glob("[0-9]*/stat"):
         try:
-            os.killpg(process.pid, sig)
-        except (ProcessLookupError, PermissionError):  # nothing left in its group
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # ended while we looked
             continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _line(record: dict, at: float) -> str:

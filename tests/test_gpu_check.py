@@ -1,9 +1,9 @@
 """`make gpu-check` (benchmarks/gpu_check.py, gpu_steps.py, gpu_figures.py): what runs
 without a GPU.
 
-The argument handling, the JSON writer, the step runner's error capture and time limits (on
-small subprocesses), the checks that read what a step wrote, the no-CUDA exit, the `gpu`
-marker's skip reason, and the figure code itself run on the CPU at tiny sizes.
+The argument handling, the JSON writer, the step runner's error capture, time limits and
+process-group kill (on small subprocesses), the checks that read what a step wrote, the no-CUDA
+exit, the `gpu` marker's skip reason, and the figure code itself run on the CPU at tiny sizes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,54 @@ def test_runner_keeps_to_the_budget(tmp_path):
     runner.run_group([step])
     # the step's own time limit is what is left of its limit, with 15 s to spare
     assert Path(runner.records[0]["log"]).read_text().strip() == "45"
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting for its parent does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_kill_group_kills_a_rank_that_ignores_sigterm_after_its_leader_is_gone(tmp_path):
+    """A DDP rank stuck in NCCL or catching SIGTERM stays in the step's process group after the
+    leader exited and was reaped (`wait` returns at once): it is killed all the same."""
+    pid_file = tmp_path / "rank.pid"
+    rank = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
+        "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)"
+    )
+    leader = (
+        "import os, subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {rank!r}, sys.argv[1]]); "
+        "deadline = time.monotonic() + 20\n"
+        "while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline: time.sleep(0.05)"
+    )
+    process = subprocess.Popen([*python(leader), str(pid_file)], start_new_session=True)
+    rank_pid = None
+    try:
+        assert process.wait(timeout=30) == 0  # the leader has exited and is reaped
+        rank_pid = int(pid_file.read_text())
+        assert running(rank_pid)
+        gpu_steps.kill_group(process, grace_s=0.5)
+        deadline = time.monotonic() + 5
+        while running(rank_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(rank_pid), "the rank ignoring SIGTERM was left running"
+    finally:
+        if rank_pid is not None and running(rank_pid):
+            os.kill(rank_pid, signal.SIGKILL)
+
+    # a group that ends on SIGTERM is not waited for the whole grace period
+    process = subprocess.Popen(python("import time; time.sleep(60)"), start_new_session=True)
+    time.sleep(0.3)
+    started = time.monotonic()
+    gpu_steps.kill_group(process, grace_s=10)
+    assert process.returncode == -signal.SIGTERM and time.monotonic() - started < 5
 
 
 # -------------------------------------------------------------------------------- checks
