@@ -25,11 +25,21 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIN_STEP_S = 10.0  # a step with less time than this left is not started
 TIME_LIMIT = "{time_limit}"  # in a step's command: replaced by its seconds left, minus 15
+OWN_LIMIT_SPARE_S = 15.0  # between a step's own time limit and the runner's kill
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL this much later if anything of the group is left
 
 
 class StepFailure(RuntimeError):
     """A check's verdict that the step failed, keeping what it did read (`result`)."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class StepSkipped(RuntimeError):
+    """A check's verdict that the step measured nothing (e.g. every case cut for time): neither
+    passed nor failed. Keeps what it read (`result`)."""
 
     def __init__(self, message: str, result: dict) -> None:
         super().__init__(message)
@@ -49,7 +59,8 @@ class Outcome:
 @dataclass
 class Step:
     """One subprocess of the check. `check(outcome)` reads what the step wrote and returns its
-    figures (raise to fail the step); it runs also when the process failed."""
+    figures (raise to fail the step, StepSkipped to skip it); it runs also when the process
+    failed."""
 
     name: str
     phase: str
@@ -111,8 +122,8 @@ class StepRunner:
     def _start(self, step: Step, limit: float) -> tuple | None:
         log = self.log_dir / f"{slug(step.name)}.log"
         handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
-        # a step that keeps its own time gets what is left of its limit (15 s to spare)
-        own_limit = str(round(max(5.0, limit - 15.0)))
+        # a step that keeps its own time gets what is left of its limit, with time to spare
+        own_limit = str(round(max(5.0, limit - OWN_LIMIT_SPARE_S)))
         try:
             process = subprocess.Popen(
                 [arg.replace(TIME_LIMIT, own_limit) for arg in step.command],
@@ -137,7 +148,7 @@ class StepRunner:
         else:
             record.update(seconds=round(outcome.seconds, 1), limit_s=round(limit, 1))
             record["log"] = str(outcome.log)
-            errors = []
+            errors, skipped = [], None
             if outcome.timed_out:
                 errors.append(f"timed out after {outcome.seconds:.0f} s (limit {limit:.0f} s)")
             elif outcome.returncode is None:
@@ -146,14 +157,18 @@ class StepRunner:
                 errors.append(f"exit status {outcome.returncode}: {_tail(outcome.log)}")
             try:
                 record["result"] = step.check(outcome)
-            except StepFailure as failure:
-                record["result"] = failure.result
-                errors.append(str(failure))
+            except (StepFailure, StepSkipped) as verdict:
+                record["result"] = verdict.result
+                if isinstance(verdict, StepSkipped):
+                    skipped = str(verdict)
+                else:
+                    errors.append(str(verdict))
             except Exception as error:  # noqa: BLE001 - recorded; the other steps go on
                 errors.append(f"{type(error).__name__}: {error}")
-            record["status"] = "failed" if errors else "passed"
-            if errors:
-                record["error"] = "; ".join(errors)
+            # a failure outranks a skip: a step that crashed and measured nothing failed
+            record["status"] = "failed" if errors else "skipped" if skipped else "passed"
+            if errors or skipped:
+                record["error"] = "; ".join(errors) if errors else skipped
         self.records.append(record)
         self.echo(_line(record, time.monotonic() - self.started))
 

@@ -1,9 +1,10 @@
 """`make gpu-check` (benchmarks/gpu_check.py, gpu_steps.py, gpu_figures.py): what runs
 without a GPU.
 
-The argument handling, the JSON writer, the step runner's error capture, time limits and
-process-group kill (on small subprocesses), the checks that read what a step wrote, the no-CUDA
-exit, the `gpu` marker's skip reason, and the figure code itself run on the CPU at tiny sizes.
+The argument handling, the plan's fit to the budget, the JSON writer, the step runner's error
+capture, time limits and process-group kill (on small subprocesses), the checks that read what a
+step wrote, the no-CUDA exit, the `gpu` marker's skip reason, and the figure code itself run on
+the CPU at tiny sizes.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def test_steps_and_their_selection(tmp_path):
     ddp = next(s for s in groups[0] if "ddp" in s.name)
     assert "trainer.devices=4" in ddp.command and "debug=tiny" in ddp.command
     assert all(len(group) == 1 for group in groups[1:])  # figures one at a time
+    assert [s.name for g in groups[1:] for s in g] == [f"figure: {f}" for f in gpu_check.FIGURES]
     chosen = gpu_check.select(groups, "train,figure: train_step")
     assert [s.name for g in chosen for s in g] == [
         "train: demo, trainer=gpu",
@@ -58,6 +60,23 @@ def test_steps_and_their_selection(tmp_path):
         "train: trainer=ddp on 4 GPU(s)",
         "figure: train_step",
     ]
+
+
+def test_the_plan_fits_the_budget(tmp_path):
+    """Groups run one after the other, a group as long as its slowest step: the limits along
+    that path fit the budget (room left to start and end the processes), for any --budget."""
+    gpu_figures = importlib.import_module("gpu_figures")
+    assert gpu_check.FIGURES == gpu_figures.FIGURES
+    for budget in (gpu_check.DEFAULT_BUDGET_S, 600.0):
+        groups = gpu_check.build_steps(tmp_path, devices=2, budget_s=budget, python="python")
+        longest = [max(step.limit_s for step in group) for group in groups]
+        assert sum(longest) <= 0.97 * budget, longest
+        assert min(longest) >= gpu_steps.MIN_STEP_S
+        # the last figure starts at least its first compiled case within its own time limit
+        compiled = groups[-1][0]
+        assert compiled.name == "figure: inference_compiled"
+        own_limit = compiled.limit_s - gpu_steps.OWN_LIMIT_SPARE_S
+        assert own_limit >= gpu_figures.MIN_CASE_S["compiled"]
 
 
 # ---------------------------------------------------------------------------------- JSON
@@ -84,6 +103,9 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
     def verdict(outcome):
         raise gpu_steps.StepFailure("1 case failed", {"passed": 3})
 
+    def nothing_measured(outcome):
+        raise gpu_steps.StepSkipped("no case measured", {"cases_skipped": 8})
+
     Step = gpu_steps.Step
     records = runner.run_group(
         [
@@ -93,6 +115,8 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
             Step("hang", "x", python("import time; time.sleep(60)"), 1.5),
             Step("missing", "x", [str(tmp_path / "no_such_program")], 20),
             Step("verdict", "x", python("pass"), 20, verdict),
+            Step("cut", "x", python("pass"), 20, nothing_measured),
+            Step("crash, cut", "x", python("import sys; sys.exit(1)"), 20, nothing_measured),
         ]
     )
     by_name = {r["name"]: r for r in records}
@@ -105,7 +129,11 @@ def test_runner_records_every_outcome_and_goes_on(tmp_path):
     assert "could not start" in by_name["missing"]["error"]
     assert by_name["verdict"]["status"] == "failed"
     assert by_name["verdict"]["result"] == {"passed": 3}  # kept beside the error
-    assert len(lines) == 6 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
+    assert by_name["cut"]["status"] == "skipped" and by_name["cut"]["error"] == "no case measured"
+    assert by_name["cut"]["result"] == {"cases_skipped": 8}
+    assert by_name["crash, cut"]["status"] == "failed"  # a failure outranks a skip
+    assert len(lines) == 8 and any(line.startswith("[") and "FAIL hang" in line for line in lines)
+    assert any("SKIP cut" in line for line in lines)
     assert Path(by_name["ok"]["log"]).read_text().strip() == "fine"
 
 
@@ -199,7 +227,7 @@ def test_pytest_counts_reads_junit_and_refuses_skips(tmp_path):
 
 def test_figures_check_fails_on_a_failed_case_and_keeps_the_figures(tmp_path):
     out = tmp_path / "figure.json"
-    check = gpu_check.figures_check(out)
+    check = gpu_check.figures_check(out, "inference")
     with pytest.raises(FileNotFoundError):
         check(None)
     good = {"F_unet 1024x1024 fp32": {"ms": 2.0, "fps": 500.0}}
@@ -208,8 +236,27 @@ def test_figures_check_fails_on_a_failed_case_and_keeps_the_figures(tmp_path):
     bad = {**good, "animeganv2 4K bf16": {"error": "OutOfMemoryError: CUDA out of memory"}}
     out.write_text(json.dumps({"inference_compiled": bad}))
     with pytest.raises(gpu_steps.StepFailure, match="OutOfMemoryError") as failure:
-        check(None)
+        gpu_check.figures_check(out, "inference_compiled")(None)
     assert failure.value.result["inference_compiled"]["F_unet 1024x1024 fp32"]["fps"] == 500
+    out.write_text(json.dumps({"errors": {"train_step": "Traceback ... OutOfMemoryError"}}))
+    with pytest.raises(gpu_steps.StepFailure, match="OutOfMemoryError"):
+        gpu_check.figures_check(out, "train_step")(None)
+    out.write_text(json.dumps({"device": "H100"}))
+    with pytest.raises(gpu_steps.StepFailure, match="no synthesis figure"):
+        gpu_check.figures_check(out, "synthesis")(None)
+
+
+def test_a_figure_step_with_every_case_cut_for_time_is_skipped_not_passed(tmp_path):
+    out = tmp_path / "figure.json"
+    check = gpu_check.figures_check(out, "inference_compiled")
+    cut = {"skipped": "time limit reached"}
+    out.write_text(json.dumps({"inference_compiled": {"F_unet 1024x1024 fp32": cut, "b": cut}}))
+    with pytest.raises(gpu_steps.StepSkipped, match="all 2 cut for time") as skipped:
+        check(None)
+    assert skipped.value.result["cases_skipped"] == 2
+    measured = {"F_unet 1024x1024 fp32": {"ms": 9.0, "fps": 111.1}, "b": cut}
+    out.write_text(json.dumps({"inference_compiled": measured}))
+    assert check(None)["cases_skipped"] == 1  # some numbers: passed, with the cut ones counted
 
 
 def test_run_folder_check(tmp_path):
@@ -336,20 +383,31 @@ def test_synthesis_and_train_step_figures_on_cpu(tiny_figures):
 def test_main_writes_the_report_and_exits_1_on_a_failure(tmp_path, monkeypatch, capsys):
     """main's flow with CUDA faked and two cheap steps (one passing, one failing)."""
     Step = gpu_steps.Step
+
+    def all_cut(outcome):
+        raise gpu_steps.StepSkipped("no case measured: all 8 cut for time", {"cases_skipped": 8})
+
     steps = [
         [Step("tests: fine", "correctness", python("pass"), 20, lambda o: {"passed": 2})],
         [Step("figure: broken", "figures", python("import sys; sys.exit(2)"), 20)],
+        [Step("figure: cut", "figures", python("pass"), 20, all_cut)],
     ]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(gpu_check, "environment", lambda: {"devices": ["fake"]})
-    monkeypatch.setattr(gpu_check, "build_steps", lambda work, devices: steps)
+    budgets = []
+    monkeypatch.setattr(
+        gpu_check, "build_steps", lambda work, devices, budget: budgets.append(budget) or steps
+    )
     out = tmp_path / "check" / "gpu_check.json"
     assert gpu_check.main(["--out", str(out), "--budget", "60"]) == 1
     report = json.loads(out.read_text())
-    assert report["ok"] is False and report["summary"] == {"passed": 1, "failed": 1, "skipped": 0}
-    assert [r["status"] for r in report["steps"]] == ["passed", "failed"]
+    assert report["ok"] is False and report["summary"] == {"passed": 1, "failed": 1, "skipped": 1}
+    assert [r["status"] for r in report["steps"]] == ["passed", "failed", "skipped"]
+    assert budgets == [60.0]  # the plan is scaled to the budget given
     printed = capsys.readouterr().out
     assert "PASS tests: fine" in printed and "FAIL figure: broken" in printed
+    assert "SKIP figure: cut" in printed
     assert printed.rstrip().endswith(f"report written to {out}")
     assert gpu_check.main(["--out", str(out), "--only", "tests"]) == 0  # the passing one alone
+    assert gpu_check.main(["--out", str(out), "--only", "tests,figure: cut"]) == 0  # skip != fail
