@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import portrait_toon.config  # noqa: F401  (registers the resolvers the config tree uses)
+import portrait_toon.resume
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -24,5 +25,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     # before Hydra composes (and rewrites the run's .hydra/overrides.yaml)
-    sys.argv[1:] = portrait_toon.config.resume_arguments(sys.argv[1:])
+    sys.argv[1:] = portrait_toon.resume.resume_arguments(sys.argv[1:])
     main()

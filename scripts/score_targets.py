@@ -52,12 +52,12 @@ def parse_args(argv: list[str]) -> list[str]:
 def score_targets(overrides: list[str]) -> dict:
     from portrait_toon import config
     from portrait_toon.evaluation.metrics import evaluate_stylizer
-    from portrait_toon.tasks.evaluate import heldout_batches
+    from portrait_toon.tasks.evaluate import heldout_sets
 
     with tempfile.TemporaryDirectory() as scratch:
         cfg = config.compose_config("train", overrides, scratch)
         config.apply_set_if_present(cfg)
-        batches = heldout_batches(cfg, torch.device("cpu"), cutface=False)
+        batches = heldout_sets(cfg, torch.device("cpu"), names=("plain",))["plain"]
         metrics = evaluate_stylizer(TargetOracle([b["tgt"] for b in batches]), batches)
     return {key: metrics.get(key) for key in PRINTED}
 

@@ -118,9 +118,51 @@ def test_the_ladder_at_debug_tiny_writes_the_report(tmp_path) -> None:
     assert tuple(variants) == RUNGS
     report = check_report(sweep, steps=4)
     assert report["reference"] == "cutface" and report["heldout_pairs"]["unseen_landscape"] > 0
-    # re-summarising the finished sweep gives the same figures (fixed held-out set)
-    again = ablation.main([*tiny, "ablation.train=false", f"ablation.sweep_dir={sweep}"])
+    # re-summarising the finished sweep gives the same figures (fixed held-out set): the
+    # held-out set comes from the jobs' saved overrides (debug=tiny), nothing retyped
+    again = ablation.main(["ablation.train=false", f"ablation.sweep_dir={sweep}"])
     assert again["cutface"]["l1_output_target"] == variants["cutface"]["l1_output_target"]
+    summary = json.loads((sweep / "ablation.json").read_text())
+    assert summary["heldout_pairs"] == report["heldout_pairs"]
+
+
+def fake_sweep(sweep_dir, experiments: list[str]) -> None:
+    """Job folders as train.py -m leaves them: .hydra/hydra.yaml (the experiment choice)."""
+    for number, experiment in enumerate(experiments):
+        hydra = sweep_dir / str(number) / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "hydra.yaml").write_text(
+            f"hydra:\n  runtime:\n    choices:\n      experiment: {experiment}\n"
+        )
+
+
+def test_rung_folders_are_the_jobs_of_the_rungs_experiments(tmp_path) -> None:
+    real = [f"ablation/webtoonme_512/{rung}" for rung in RUNGS]
+    fake_sweep(tmp_path, real)
+    folders = ablation.rung_folders(tmp_path, "webtoonme_512", RUNGS)
+    assert {rung: folder.name for rung, folder in folders.items()} == {
+        "baseline": "0",
+        "full_body": "1",
+        "color_reflection": "2",
+        "cutface": "3",
+    }
+    # the same rung names on another base are not these jobs: one error naming both
+    with pytest.raises(ablation.AblationError) as error:
+        ablation.rung_folders(tmp_path, "demo", RUNGS)
+    message = str(error.value)
+    assert "no job folder trained experiment=ablation/baseline" in message
+    assert "3/: experiment=ablation/webtoonme_512/cutface" in message
+    assert "experiment=BASE" in message
+
+
+def test_a_missing_inception_weights_file_stops_the_ladder_before_it_trains(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    missing = tmp_path / "pt_inception.pth"
+    with pytest.raises(config.ConfigError, match=f"evaluate.inception_weights={missing}"):
+        ablation.main(
+            ["debug=tiny", f"evaluate.inception_weights={missing}", f"ablation.sweep_dir={sweep}"]
+        )
+    assert not sweep.exists()  # no rung trained
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from portrait_toon import config
+from portrait_toon import config, resume
 
 EXPERIMENTS = sorted(
     p.relative_to(config.CONF_DIR / "experiment").with_suffix("").as_posix()
@@ -164,6 +164,28 @@ def test_missing_weight_file_is_named_with_the_fix(tmp_path):
     config.validate(cfg, check_targets=False)  # present: no error
 
 
+def test_inception_weights_are_checked_before_the_run(tmp_path, monkeypatch):
+    """A bad evaluate.inception_weights is an error when the config is validated, not when
+    the held-out evaluation at the end of the training reads it."""
+    missing = tmp_path / "pt_inception.pth"
+    cfg = OmegaConf.create({"evaluate": {"enabled": True, "inception_weights": str(missing)}})
+    with pytest.raises(config.ConfigError) as error:
+        config.validate(cfg, check_targets=False)
+    message = str(error.value)
+    assert f"evaluate.inception_weights={missing}: no such file" in message
+    assert config.INCEPTION_WEIGHTS_FILE in message and "=null" in message
+    cfg.evaluate.enabled = False  # no evaluation: nothing reads the file
+    config.validate(cfg, check_targets=False)
+    cfg.evaluate.enabled = True
+    missing.write_bytes(b"x")
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(config.ConfigError, match="torch-fidelity, which is not installed"):
+        config.validate(cfg, check_targets=False)
+    monkeypatch.undo()
+    cfg.evaluate.inception_weights = None
+    config.validate(cfg, check_targets=False)  # unset: FID/KID on Inception skipped
+
+
 def test_set_if_present_only_touches_existing_keys():
     cfg = OmegaConf.create(
         {
@@ -230,14 +252,14 @@ def test_resolve_ckpt_path(tmp_path):
 
     os.utime(old / "checkpoints" / "last.ckpt", (1, 1))
     here = tmp_path / "here"
-    assert config.resolve_ckpt_path(None, here, str(runs)) is None
-    assert config.resolve_ckpt_path("last", here, str(runs)) == str(new / "checkpoints/last.ckpt")
-    assert config.resolve_ckpt_path("last", old, str(runs)) == str(old / "checkpoints/last.ckpt")
-    assert config.resolve_ckpt_path(str(old), here, str(runs)) == str(old / "checkpoints/last.ckpt")
+    assert resume.resolve_ckpt_path(None, here, str(runs)) is None
+    assert resume.resolve_ckpt_path("last", here, str(runs)) == str(new / "checkpoints/last.ckpt")
+    assert resume.resolve_ckpt_path("last", old, str(runs)) == str(old / "checkpoints/last.ckpt")
+    assert resume.resolve_ckpt_path(str(old), here, str(runs)) == str(old / "checkpoints/last.ckpt")
     with pytest.raises(config.ConfigError, match="no such checkpoint"):
-        config.resolve_ckpt_path(str(tmp_path / "nope.ckpt"), here, str(runs))
+        resume.resolve_ckpt_path(str(tmp_path / "nope.ckpt"), here, str(runs))
     with pytest.raises(config.ConfigError, match="no last.ckpt"):
-        config.resolve_ckpt_path("last", here, str(tmp_path / "empty"))
+        resume.resolve_ckpt_path("last", here, str(tmp_path / "empty"))
 
 
 def test_paths_follow_project_root(compose, monkeypatch, tmp_path):

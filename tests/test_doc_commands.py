@@ -40,7 +40,7 @@ from doc_commands import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from portrait_toon import config
+from portrait_toon import config, resume
 
 COMMANDS = all_doc_commands()
 
@@ -123,7 +123,7 @@ def command_job(command: DocCommand, root: Path) -> Job | None:
     job = Job(script, hydra_config_name(script), overrides)
     job.multirun = bool(flags & MULTIRUN_FLAGS)
     if job.config_name and "resume_arguments" in (REPO_ROOT / script).read_text("utf-8"):
-        job.overrides = config.resume_arguments(job.overrides)  # as the entry point does
+        job.overrides = resume.resume_arguments(job.overrides)  # as the entry point does
     return job
 
 

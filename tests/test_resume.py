@@ -22,7 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from portrait_toon import config
+from portrait_toon import config, resume
 from portrait_toon.tasks import train as train_task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -263,17 +263,17 @@ def test_readme_resume_command_continues_the_runs_own_experiment(tmp_path):
     assert first["global_step"] == 4
 
     # typed as the README shows it, plus a longer budget: no experiment retyped
-    resume = readme_resume_words(run_dir)
-    assert resume == [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
-    run_train_py(*resume, "trainer.max_steps=6")
+    typed = readme_resume_words(run_dir)
+    assert typed == [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    run_train_py(*typed, "trainer.max_steps=6")
     final = checkpoint(run_dir)
     assert final["global_step"] == 6  # the demo's U-Net loaded and trained on (no size mismatch)
     position = first["OnTheFlyDataModule"]["next_position"]
     assert final["OnTheFlyDataModule"]["next_position"] > position  # the next unseen pairs
     assert final["hyper_parameters"]["net_config"]["stem_stride"] == 1  # demo's net, not default
-    recorded = config.saved_run_overrides(run_dir)  # Hydra's record: the run's + the new ones
+    recorded = resume.saved_run_overrides(run_dir)  # Hydra's record: the run's + the new ones
     assert recorded == [*started, "evaluate.export=false", "ckpt_path=last", "trainer.max_steps=6"]
-    assert final[train_task.OVERRIDES_KEY] == recorded
+    assert final[resume.OVERRIDES_KEY] == recorded
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_is_one_error_naming_keys_and_overrides(
@@ -308,27 +308,75 @@ def test_resume_arguments_put_the_runs_overrides_under_the_new_ones(tmp_path):
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         "- experiment=demo\n- trainer.max_steps=4\n- +callbacks.extra.every=2\n- ckpt_path=null\n"
     )
-    resume = [f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=9"]
-    assert config.resume_arguments(resume) == [
+    resume_words = [f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=9"]
+    assert resume.resume_arguments(resume_words) == [
         "experiment=demo",
         "+callbacks.extra.every=2",
-        *resume,
+        *resume_words,
+        "hydra.mode=RUN",
     ]
     # a key the run added stays an addition; flags pass through
-    assert config.resume_arguments(["--cfg", "job", *resume, "callbacks.extra.every=3"]) == [
+    assert resume.resume_arguments(["--cfg", "job", *resume_words, "callbacks.extra.every=3"]) == [
         "--cfg",
         "job",
         "experiment=demo",
-        *resume,
+        *resume_words,
         "+callbacks.extra.every=3",
+        "hydra.mode=RUN",
     ]
     # ckpt_path naming the run folder or its checkpoint file: the same run's overrides
     for ckpt in (run_dir, run_dir / "checkpoints" / "last.ckpt"):
-        assert config.resume_arguments([f"ckpt_path={ckpt}"])[0] == "experiment=demo"
+        assert resume.resume_arguments([f"ckpt_path={ckpt}"])[0] == "experiment=demo"
     # fresh runs, multirun and folders without a Hydra record are left as typed
     for words in (
         [f"hydra.run.dir={run_dir}", "experiment=demo"],
-        ["-m", *resume],
+        ["-m", *resume_words],
         [f"hydra.run.dir={tmp_path}", "ckpt_path=last"],
     ):
-        assert config.resume_arguments(words) == words
+        assert resume.resume_arguments(words) == words
+
+
+def test_resuming_an_optuna_trial_is_one_run_not_a_new_study(tmp_path):
+    """A trial's saved overrides carry `hparams_search=optuna`, whose config says
+    `hydra.mode: MULTIRUN`: the resume forces a single run (as the process launcher starts
+    every trial), unless the user typed a mode."""
+    trial = tmp_path / "multiruns" / "study" / "3"
+    (trial / ".hydra").mkdir(parents=True)
+    (trial / ".hydra" / "overrides.yaml").write_text(
+        "- hparams_search=optuna\n- experiment=webtoonme_512\n- model.optim.lr=0.0003\n"
+    )
+    words = resume.resume_arguments([f"hydra.run.dir={trial}", "ckpt_path=last"])
+    assert words[0] == "hparams_search=optuna" and "model.optim.lr=0.0003" in words
+    assert words[-1] == "hydra.mode=RUN"
+    assert words.count("hydra.mode=RUN") == 1
+    typed = resume.resume_arguments([f"hydra.run.dir={trial}", "ckpt_path=last", "hydra.mode=RUN"])
+    assert typed.count("hydra.mode=RUN") == 1
+    # the search config really asks for a sweep: what the override undoes
+    search = config.OmegaConf.load(config.CONF_DIR / "hparams_search" / "optuna.yaml")
+    assert search.hydra.mode == "MULTIRUN"
+
+
+class TinyModule(torch.nn.Module):
+    """What `check_checkpoint_fits` reads of a LightningModule: its weights and hparams."""
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(width, 2)
+        self.hparams = {"width": width}
+
+
+def test_the_checkpoint_check_compares_shapes_without_loading_into_the_model(tmp_path):
+    """Lightning loads the checkpoint in `fit`: the check must not load it a second time."""
+    model = TinyModule()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = TinyModule()
+    torch.nn.init.constant_(other.layer.weight, 7.0)
+    path = tmp_path / "fits.ckpt"
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": {"width": 3}}, path)
+    model.load_state_dict = None  # any load attempt fails loudly
+    resume.check_checkpoint_fits(model, str(path))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    wide = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": TinyModule(5).state_dict(), "hyper_parameters": {"width": 5}}, wide)
+    with pytest.raises(config.ConfigError, match=r"(?s)shape mismatches \(1\).*width: 5 vs 3"):
+        resume.check_checkpoint_fits(model, str(wide))

@@ -293,6 +293,21 @@ def load_into(
     """`module.load_state_dict(state_dict, strict=True)`, or one `CheckpointMismatchError`
     naming `source` and `expected` and listing missing, unexpected and shape-mismatched keys
     (the first few of each, with counts) plus hints about what the file probably is."""
+    check_fits(module.state_dict(), state_dict, source=source, expected=expected)
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def check_fits(
+    own: Mapping[str, Tensor],
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: str | Path,
+    expected: str,
+) -> None:
+    """`load_into`'s check alone: raise its `CheckpointMismatchError` unless `state_dict` has
+    exactly the keys of `own` (a module's `state_dict()`) with the same shapes. Nothing is
+    copied into the module (key names and shapes only)."""
     non_tensor = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if non_tensor:
         raise CheckpointError(
@@ -300,7 +315,6 @@ def load_into(
             f"non-tensor entries {non_tensor[:_SHOW]}; unwrap it with extract_state_dict() "
             "(or load_stylegan2_checkpoint() for StyleGAN2 files)"
         )
-    own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [
@@ -333,8 +347,6 @@ def load_into(
             mismatched=mismatched,
             hints=hints,
         )
-    module.load_state_dict(state_dict, strict=True)
-    return module
 
 
 def _listing(keys: list[str]) -> str:

@@ -9,6 +9,7 @@ composes.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -207,7 +208,9 @@ def validate(cfg: DictConfig, *, check_targets: bool = True, check_weights: bool
     - every `_target_` node: each key is an argument of the target (unless it takes **kwargs);
     - `augmentation`: only the keys of conf/augmentation/default.yaml;
     - weight files: a path under `paths.weights_dir` that does not exist is named, with where
-      it comes from (`make weights`).
+      it comes from (`make weights`); `evaluate.inception_weights`, when the held-out
+      evaluation runs, names an existing file (and torch-fidelity is installed), so a bad path
+      stops the run now, not after the training it would have measured.
     """
     if not OmegaConf.is_struct(cfg):
         # struct mode is what turns `trainer.max_stpes=3` into an error instead of a new key
@@ -220,7 +223,37 @@ def validate(cfg: DictConfig, *, check_targets: bool = True, check_weights: bool
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     cpu_half_precision_warning(cfg)
     if check_weights:
+        check_inception_weights(cfg)
         _check_weight_files(cfg)
+
+
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+"""The FID Inception-v3 weights `evaluate.inception_weights` names (torch-fidelity's release)."""
+
+
+def check_inception_weights(cfg: DictConfig) -> None:
+    """`ConfigError` unless `evaluate.inception_weights` is unset, the evaluation is off
+    (`evaluate.enabled=false`), or it names a file and torch-fidelity (the network's code)
+    is installed: evaluation/distribution.py `InceptionFeatures` loads it at the END of a
+    training or of every ablation rung."""
+    select = {"default": None, "throw_on_resolution_failure": False}
+    path = OmegaConf.select(cfg, "evaluate.inception_weights", **select)
+    enabled = OmegaConf.select(cfg, "evaluate.enabled", **select)
+    if not path or enabled is False:
+        return
+    if not Path(str(path)).expanduser().is_file():
+        raise ConfigError(
+            f"evaluate.inception_weights={path}: no such file. It must be the FID Inception-v3 "
+            f"weights ({INCEPTION_WEIGHTS_FILE}, from torch-fidelity's releases on GitHub) "
+            "that fid_inception / kid_inception use; or set evaluate.inception_weights=null "
+            "to skip those two metrics"
+        )
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ConfigError(
+            f"evaluate.inception_weights={path} is set, but the Inception network's code comes "
+            "from torch-fidelity, which is not installed: `pip install torch-fidelity` (it "
+            "needs torchvision), or set evaluate.inception_weights=null"
+        )
 
 
 def cpu_half_precision_warning(cfg: DictConfig) -> str | None:
@@ -375,151 +408,3 @@ def _iter_string_leaves(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from _iter_string_leaves(value, f"{path}[{i}]")
     elif isinstance(node, str):
         yield path, node
-
-
-# --------------------------------------------------------------------------------------------
-# resume
-def resolve_ckpt_path(
-    ckpt_path: str | os.PathLike[str] | None, output_dir: str | os.PathLike[str], runs_dir: str
-) -> str | None:
-    """Turn `ckpt_path` into a checkpoint file, or None for a fresh run.
-
-    - None: fresh run;
-    - `last`: `<output_dir>/checkpoints/last.ckpt` if it exists (rerun in the same folder),
-      else the newest `<runs_dir>/*/checkpoints/last.ckpt`;
-    - a folder: its `checkpoints/last.ckpt` (or `last.ckpt` directly inside);
-    - a file: itself.
-    """
-    if ckpt_path is None or str(ckpt_path).strip() in {"", "null", "None"}:
-        return None
-    if str(ckpt_path) == "last":
-        own = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if own.is_file():
-            return str(own)
-        candidates = sorted(
-            Path(runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
-        )
-        if not candidates:
-            raise ConfigError(
-                f"ckpt_path=last: no last.ckpt in {own.parent} nor under {runs_dir}/*/checkpoints;"
-                " start a fresh run (ckpt_path=null) or give a checkpoint file or run folder"
-            )
-        return str(candidates[-1])
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
-            if candidate.is_file():
-                return str(candidate)
-        raise ConfigError(f"ckpt_path={ckpt_path}: the folder has no checkpoints/last.ckpt")
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
-    return str(path)
-
-
-# --------------------------------------------------------------------------------------------
-# resume: continue a run with the overrides it was started with
-RUN_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
-"""Where Hydra records a run's command-line overrides (inside the run folder)."""
-
-# Hydra flags that take the next word as their value (`-cn train`, `--cfg job`)
-_FLAGS_WITH_VALUE = frozenset(
-    {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-p", "--package"}
-    | {"-c", "--cfg", "-i", "--info", "--experimental-rerun"}
-)
-_MULTIRUN_FLAGS = frozenset({"-m", "--multirun"})
-
-
-def resumed_run_folder(ckpt_path: str | None, run_dir: str | None) -> Path | None:
-    """The run folder whose training a resume continues, when it has saved overrides.
-
-    `ckpt_path=last` with `hydra.run.dir=<run>`: that folder; `ckpt_path=<run folder>`: it;
-    `ckpt_path=<run>/checkpoints/x.ckpt`: `<run>`. None for a fresh run, or when the folder
-    has no `.hydra/overrides.yaml` (`ckpt_path=last` without a run folder: the experiment on
-    the command line picks which runs it searches).
-    """
-    if ckpt_path is None or str(ckpt_path).strip() in {"", "null", "None"}:
-        return None
-    if str(ckpt_path) == "last":
-        candidates = [Path(run_dir)] if run_dir else []
-    else:
-        path = Path(str(ckpt_path)).expanduser()
-        candidates = [path] if path.is_dir() else [path.parent.parent, path.parent]
-    for folder in candidates:
-        if (folder / RUN_OVERRIDES_FILE).is_file():
-            return folder
-    return None
-
-
-def saved_run_overrides(run: str | os.PathLike[str]) -> list[str]:
-    """The overrides a run was started with (`<run>/.hydra/overrides.yaml`)."""
-    path = Path(run) / RUN_OVERRIDES_FILE
-    saved = OmegaConf.load(path)
-    if not isinstance(saved, ListConfig):
-        raise ConfigError(f"{path}: expected a list of overrides (Hydra writes one per run)")
-    return [str(item) for item in saved]
-
-
-def merge_overrides(saved: Sequence[str], new: Sequence[str]) -> list[str]:
-    """`saved` then `new`, where an override in `new` replaces the saved one of the same key.
-
-    A saved `+key=v` (a key the config adds) stays an addition: `key=w` on top becomes
-    `+key=w`, since Hydra would reject changing a key the base config lacks.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-
-    parser = OverridesParser.create()
-    saved_parsed = parser.parse_overrides(list(saved))
-    new_parsed = parser.parse_overrides(list(new))
-    new_keys = {(o.key_or_group, o.package) for o in new_parsed}
-    saved_types = {(o.key_or_group, o.package): o.type for o in saved_parsed}
-    merged = [o.input_line for o in saved_parsed if (o.key_or_group, o.package) not in new_keys]
-    for override in new_parsed:
-        line = override.input_line
-        was = saved_types.get((override.key_or_group, override.package))
-        added = was in (OverrideType.ADD, OverrideType.FORCE_ADD)
-        if added and override.type == OverrideType.CHANGE:
-            line = "+" + line
-        merged.append(line)
-    return merged
-
-
-def resume_arguments(argv: Sequence[str]) -> list[str]:
-    """Command-line words with a resumed run's own overrides put first (`python train.py`).
-
-    `python train.py hydra.run.dir=<run> ckpt_path=last [key=value ...]` must continue THAT
-    experiment: Hydra composes before any task code runs and then overwrites the run's
-    `.hydra/overrides.yaml`, so the entry point rewrites its arguments first: the run's saved
-    overrides, then the ones typed now (which win, e.g. a larger `trainer.max_steps`). Flags
-    pass through; multirun jobs are rewritten in their own processes (hydra/launcher=process
-    starts each one as a single run in its folder). Unparsable words are left to Hydra.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    flags: list[str] = []
-    overrides: list[str] = []
-    words = list(argv)
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word.startswith("-"):
-            flags.append(word)
-            takes_value = word in _FLAGS_WITH_VALUE and "=" not in word
-            if takes_value and i + 1 < len(words) and "=" not in words[i + 1]:
-                flags.append(words[i + 1])
-                i += 1
-        else:
-            overrides.append(word)
-        i += 1
-    if _MULTIRUN_FLAGS & set(flags):
-        return words
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return words
-    values = {o.key_or_group: o.value() for o in parsed if o.package is None}
-    run = resumed_run_folder(values.get("ckpt_path"), values.get("hydra.run.dir"))
-    if run is None:
-        return words
-    return flags + merge_overrides(saved_run_overrides(run), overrides)

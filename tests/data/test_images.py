@@ -284,6 +284,47 @@ def test_written_files_follow_the_umask(tmp_path: Path) -> None:
     assert bytes_path.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.fixture
+def umask_0027(monkeypatch: pytest.MonkeyPatch):
+    """umask 027 for the test, and every os.umask call made meanwhile (os.umask sets the mask
+    for the whole process: reading it that way races with other threads creating files)."""
+    from portrait_toon.utils import files
+
+    real_umask, calls = os.umask, []
+
+    def spy(mask: int) -> int:
+        calls.append(mask)
+        return real_umask(mask)
+
+    previous = real_umask(0o027)
+    files._umask_by_setting_it.cache_clear()
+    monkeypatch.setattr(os, "umask", spy)
+    yield calls
+    monkeypatch.undo()
+    real_umask(previous)
+    files._umask_by_setting_it.cache_clear()  # its 027 must not outlive the test
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_the_umask_is_read_without_setting_it(tmp_path: Path, umask_0027: list[int]) -> None:
+    for index in range(2):
+        path = atomic_write_bytes(tmp_path / f"out{index}.bin", b"data")
+        assert path.stat().st_mode & 0o777 == 0o640
+    assert umask_0027 == []  # read from /proc: the process's umask never changed
+
+
+def test_without_proc_the_umask_is_set_and_reset_once(
+    tmp_path: Path, umask_0027: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portrait_toon.utils import files
+
+    monkeypatch.setattr(files, "PROC_STATUS", tmp_path / "no_proc_status")
+    for index in range(3):
+        path = atomic_write_bytes(tmp_path / f"out{index}.bin", b"data")
+        assert path.stat().st_mode & 0o777 == 0o640
+    assert umask_0027 == [0, 0o027]  # once for the process, not once per file
+
+
 @pytest.mark.parametrize(
     ("suffix", "magic"),
     [(".png", b"\x89PNG"), (".jpg", b"\xff\xd8"), (".JPEG", b"\xff\xd8"), (".webp", b"RIFF")],

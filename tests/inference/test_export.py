@@ -75,6 +75,20 @@ def test_exported_program_parity(
     assert max(differences.values()) <= 1e-5
 
 
+def test_export_program_uses_no_dim_hint_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.6 (the floor in pyproject.toml) has `Dim.DYNAMIC` as a plain enum member, not
+    callable with min/max: the export must not depend on it (named Dims work on every version)."""
+    import enum
+
+    Hint = enum.Enum("Hint", "AUTO STATIC DYNAMIC")  # torch 2.6's _DimHint, no __call__
+    monkeypatch.setattr(torch.export.Dim, "DYNAMIC", Hint.DYNAMIC)
+    net = tiny_unet()
+    program = export_program(net)
+    x = torch.rand(1, 3, 45, 70) * 2 - 1  # another size than the example's
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 def test_torchscript_parity_and_a_wrong_file_is_caught(tmp_path: Path) -> None:
     net = tiny_unet()
     path = export_stylizer(net, tmp_path / "f.torchscript.pt", "torchscript")

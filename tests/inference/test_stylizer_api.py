@@ -95,6 +95,10 @@ def test_bad_inputs_and_settings_are_refused(net: UNet, caplog: pytest.LogCaptur
     for precision in ("bf16", "fp16"):  # never on a CPU asked for by name
         with pytest.raises(ValueError, match=f"precision={precision} needs a CUDA device"):
             Stylizer(net, device="cpu", precision=precision)
+    # device=None keeps a CPU net on the CPU: not an automatic choice, refused the same way
+    cpu_net = tiny_unet()
+    with pytest.raises(ValueError, match="precision=bf16 needs a CUDA device"):
+        Stylizer(cpu_net, precision="bf16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")

@@ -108,9 +108,10 @@ def export_program(
     parameter = next(net.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     example = torch.zeros(1, 3, height, width, device=device)
+    # named Dims: `Dim.DYNAMIC(min=, max=)` is torch >= 2.7 only (an enum member in 2.6)
     dims = {
-        2: torch.export.Dim.DYNAMIC(min=low, max=MAX_SIDE),
-        3: torch.export.Dim.DYNAMIC(min=low, max=MAX_SIDE),
+        2: torch.export.Dim("height", min=low, max=MAX_SIDE),
+        3: torch.export.Dim("width", min=low, max=MAX_SIDE),
     }
     with torch.no_grad():
         return torch.export.export(

@@ -98,9 +98,10 @@ class Stylizer:
     `max_memory_mb`: the working-memory budget of one image for `tile="auto"` (None: 2048 on a
     CPU, 80 % of the free memory on a GPU). `precision`: fp32, or bf16/fp16 autocast on a GPU;
     on a CPU these are refused (tens of times slower than fp32 there) unless the device was
-    chosen automatically, in which case fp32 is used with a warning. `device` None keeps the
-    net where it is; otherwise the net is moved there (in place, as `Module.to` does) and put
-    in eval mode without gradients.
+    chosen automatically (`device="auto"`), in which case fp32 is used with a warning. `device`
+    None keeps the net where it is (a CPU net with bf16/fp16 is refused, as for an explicit
+    CPU); otherwise the net is moved there (in place, as `Module.to` does) and put in eval mode
+    without gradients.
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class Stylizer:
         precision: str = "fp32",
         info: dict[str, Any] | None = None,
     ) -> None:
-        automatic = device is None or str(device) == "auto"
+        automatic = device is not None and str(device) == "auto"
         self.device = _module_device(net) if device is None else resolve_device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
         self.tile = _check_tile(tile)

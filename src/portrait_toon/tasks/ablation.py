@@ -9,9 +9,13 @@ method with the same seed, budget and held-out set, then write one report.
    networks). Every other word goes to every rung job (`debug=tiny`, `trainer=gpu`,
    `trainer.max_steps=...`).
 2. The summary: the held-out sets are made once from the reference rung's config (the full
-   method, `ablation.reference`); every rung's exported F is measured on them by
-   `measure_sets` (evaluation/heldout.py); ablation.json, ablation.md and ablation.png go into
-   the sweep folder. `ablation.train=false ablation.sweep_dir=DIR` re-summarises a finished sweep.
+   method, `ablation.reference`, with the overrides its job was trained with); every rung's
+   exported F is measured on them by `measure_sets` (evaluation/heldout.py); ablation.json,
+   ablation.md and ablation.png go into the sweep folder. `ablation.train=false
+   ablation.sweep_dir=DIR` re-summarises a finished sweep (words typed then go on top of the
+   jobs' saved ones).
+The reference config is composed and validated before the ladder starts, so a config mistake
+(e.g. a missing `evaluate.inception_weights` file) stops it before any rung trains.
 """
 
 from __future__ import annotations
@@ -105,18 +109,47 @@ def run_ladder(options: DictConfig, overrides: Sequence[str], sweep_dir: Path) -
         )
 
 
-def rung_folders(sweep_dir: Path, rungs: Sequence[str]) -> dict[str, Path]:
-    """rung -> its job folder in the sweep (read from each job's `experiment` choice)."""
-    found: dict[str, Path] = {}
+def rung_folders(sweep_dir: Path, base: str, rungs: Sequence[str]) -> dict[str, Path]:
+    """rung -> its job folder in the sweep: the job whose `experiment` choice (its
+    .hydra/hydra.yaml) is `rung_experiment(base, rung)`. A sweep of another base recipe, or
+    one without a job for a rung, is one error naming what each folder trained."""
+    jobs: dict[str, Path] = {}
     for hydra_file in sorted(sweep_dir.glob("*/.hydra/hydra.yaml")):
         choice = OmegaConf.load(hydra_file).hydra.runtime.choices.get("experiment")
-        rung = str(choice).rsplit("/", 1)[-1] if choice else None
-        if rung in rungs:
-            found[rung] = hydra_file.parent.parent
+        if choice:
+            jobs.setdefault(str(choice), hydra_file.parent.parent)
+    found = {}
+    for rung in rungs:
+        experiment = rung_experiment(base, rung)
+        if experiment in jobs:
+            found[rung] = jobs[experiment]
     missing = [rung for rung in rungs if rung not in found]
     if missing:
-        raise AblationError(f"{sweep_dir}: no job folder for the rungs {missing}")
+        trained = "; ".join(f"{folder.name}/: experiment={e}" for e, folder in jobs.items())
+        wanted = ", ".join(f"experiment={rung_experiment(base, rung)}" for rung in missing)
+        raise AblationError(
+            f"{sweep_dir}: no job folder trained {wanted} (the rungs {missing} on the base "
+            f"recipe experiment={base}); the folders trained: {trained or 'nothing'}. Give the "
+            "base the sweep was trained with (experiment=BASE), or the sweep of this base"
+        )
     return found
+
+
+def reference_config(
+    options: DictConfig, overrides: Sequence[str], saved: Sequence[str] = ()
+) -> DictConfig:
+    """The train config whose held-out sets every rung is scored on: the reference rung's
+    experiment, on top of `saved` (a rung job's own overrides, for a finished sweep) and
+    under the words typed now (which win), debug-shrunk."""
+    from portrait_toon.resume import merge_overrides
+
+    experiment = rung_experiment(options.base, options.reference)
+    words = merge_overrides(saved, [f"experiment={experiment}", *overrides])
+    cfg = config.compose_config("train", words)
+    config.apply_set_if_present(cfg)
+    with open_dict(cfg):
+        cfg.evaluate.stlpips = bool(options.stlpips)
+    return cfg
 
 
 def _job_command(folder: Path) -> str:
@@ -183,24 +216,17 @@ def summarize(
         write_ablation_png,
     )
     from portrait_toon.evaluation.heldout import measure_sets
-    from portrait_toon.tasks.evaluate import (
-        STYLIZER_FILE,
-        _checkpoint_step,
-        _json_ready,
-        heldout_sets,
-        metric_networks,
-    )
+    from portrait_toon.evaluation.records import checkpoint_step, json_ready
+    from portrait_toon.resume import saved_run_overrides
+    from portrait_toon.tasks.evaluate import STYLIZER_FILE, heldout_sets, metric_networks
     from portrait_toon.utils.generator_file import load_stylizer
 
     rungs = list(options.rungs)
-    folders = rung_folders(sweep_dir, rungs)
-    reference = rung_experiment(options.base, options.reference)
-    cfg = config.compose_config(
-        "train", [f"experiment={reference}", *overrides], output_dir=sweep_dir / "summary"
-    )
-    config.apply_set_if_present(cfg)
-    with open_dict(cfg):
-        cfg.evaluate.stlpips = bool(options.stlpips)
+    folders = rung_folders(sweep_dir, options.base, rungs)
+    # the held-out set of the sweep as it was trained (its jobs' saved overrides: a re-summary
+    # needs no retyping), the reference rung's experiment on top (any rung's job will do)
+    job = folders.get(options.reference, folders[rungs[0]])
+    cfg = reference_config(options, overrides, saved_run_overrides(job))
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu")
         if options.device == "auto"
@@ -218,8 +244,8 @@ def summarize(
             )
         net = load_stylizer(path, device=device)
         metrics = measure_sets(net, sets, perceptual, make_distributions)
-        metrics["steps"] = _checkpoint_step(str(path))
-        variants[rung] = _json_ready(metrics)
+        metrics["steps"] = checkpoint_step(path)
+        variants[rung] = json_ready(metrics)
         for row in rows:
             row.setdefault("outputs", {})[rung] = net(row["src"][None].float())[0].clamp(-1, 1)
         log.info("rung %s: %s", rung, {k: variants[rung].get(k) for k in SUMMARY_LOG_KEYS})
@@ -267,6 +293,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     sweep_dir = Path(options.sweep_dir) if options.sweep_dir else _default_sweep_dir()
     sweep_dir = sweep_dir.resolve()
     if options.train:
+        # config mistakes (a missing evaluate.inception_weights file, a typo) stop the ladder
+        # now, not when the summary (or every rung's final evaluation) reads them
+        config.validate(reference_config(options, overrides))
         run_ladder(options, overrides, sweep_dir)
     elif not sweep_dir.is_dir():
         raise AblationError(f"ablation.train=false: ablation.sweep_dir {sweep_dir} is no folder")

@@ -9,8 +9,8 @@ the plain rows stay plain.
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from portrait_toon import config
+from portrait_toon import config, resume
+from portrait_toon.evaluation.records import checkpoint_step, json_ready, write_json
 from portrait_toon.tasks.synthesize import build_synthesizer
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,24 @@ def heldout_indices(cfg: DictConfig, synthesizer: torch.nn.Module) -> list[int]:
     return list(range(first, first + count))
 
 
-def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[str, torch.Tensor]]]:
+HELDOUT_SETS = ("plain", "cutface", "unseen_landscape")
+
+
+def heldout_sets(
+    cfg: DictConfig, device: torch.device, names: Sequence[str] = HELDOUT_SETS
+) -> dict[str, list[dict[str, torch.Tensor]]]:
     """The held-out pairs, uncropped: `plain` frames (CutFace off); `cutface` pairs (CutFace
     forced on, `evaluate.num_cutface`, when the config trains with it); `unseen_landscape`
     CutFace pairs on pictures no training bank uses (`evaluate.num_unseen_landscape`, from
     `evaluate.unseen_landscape_dir` or the held-out built-ins). Every set is a function of
-    the config and `evaluate.base_seed` only."""
+    the config and `evaluate.base_seed` only; only the sets in `names` are made (each has the
+    same pairs as when all are made: the later sets' indices follow the plain frames')."""
     from portrait_toon.synthesis.landscapes import LandscapeBank
     from portrait_toon.synthesis.latents import pair_seed
 
+    unknown = sorted(set(names) - set(HELDOUT_SETS))
+    if unknown:
+        raise ValueError(f"heldout_sets: no held-out set {unknown}; the sets: {HELDOUT_SETS}")
     ev = cfg.evaluate
     base_seed, batch_size = int(ev.base_seed), int(ev.batch_size)
     cut_on = {"crop": {"enabled": False}, "cutface": {"enabled": True, "p": 1.0}}
@@ -85,17 +95,20 @@ def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[s
         augmentation_overrides={"crop": {"enabled": False}, "cutface": {"p": 0.0}},
     ).to(device)
     plain_indices = heldout_indices(cfg, plain_synthesizer)
-    sets = {"plain": _synthesized(plain_synthesizer, plain_indices, batch_size, device)}
+    sets = {}
+    if "plain" in names:
+        sets["plain"] = _synthesized(plain_synthesizer, plain_indices, batch_size, device)
     # CutFace and unseen-landscape pairs take indices after the plain frames' range
     first = max(int(ev.index_base) + int(ev.num_images), max(plain_indices, default=0) + 1)
     count = int(ev.num_cutface)
-    if count > 0 and OmegaConf.select(cfg, "augmentation.cutface.enabled", default=False):
+    cutface = count > 0 and OmegaConf.select(cfg, "augmentation.cutface.enabled", default=False)
+    if cutface and "cutface" in names:
         cut_synthesizer = build_synthesizer(cfg, base_seed=base_seed, augmentation_overrides=cut_on)
         indices = list(range(first, first + count))
         sets["cutface"] = _synthesized(cut_synthesizer.to(device), indices, batch_size, device)
     first += max(count, 0)
     unseen = int(OmegaConf.select(cfg, "evaluate.num_unseen_landscape", default=0) or 0)
-    if unseen > 0:
+    if unseen > 0 and "unseen_landscape" in names:
         bank = LandscapeBank(
             OmegaConf.select(cfg, "evaluate.unseen_landscape_dir", default=None), holdout=True
         )
@@ -110,13 +123,6 @@ def heldout_sets(cfg: DictConfig, device: torch.device) -> dict[str, list[dict[s
             cut_synthesizer.to(device), indices, batch_size, device, landscapes=pictures
         )
     return sets
-
-
-def heldout_batches(
-    cfg: DictConfig, device: torch.device, *, cutface: bool
-) -> list[dict[str, torch.Tensor]]:
-    """Held-out pairs in batches: the plain frames, or the CutFace pairs (see heldout_sets)."""
-    return heldout_sets(cfg, device).get("cutface" if cutface else "plain", [])
 
 
 def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
@@ -152,24 +158,6 @@ def metric_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
     return perceptual, make_distributions
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write JSON atomically (a reader never sees half a file)."""
-    from portrait_toon.utils.files import atomic_write_bytes
-
-    text = json.dumps(_json_ready(data), indent=2, sort_keys=True) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 @torch.no_grad()
 def evaluate_heldout(
     cfg: DictConfig, net: nn.Module, output_dir: str | Path, steps: int
@@ -192,7 +180,7 @@ def evaluate_heldout(
         perceptual, make_distributions = metric_networks(cfg, device)
         metrics = measure_sets(net, sets, perceptual, make_distributions)
         metrics["steps"] = int(steps)
-        metrics = _json_ready(metrics)
+        metrics = json_ready(metrics)
         write_json(output_dir / METRICS_FILE, metrics)
         cut_rows = sets.get("cutface", []) + sets.get("unseen_landscape", [])
         save_demo_report(output_dir / REPORT_FILE, _report_rows(net, sets["plain"], cut_rows))
@@ -261,28 +249,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if ckpt.is_dir() and (ckpt / STYLIZER_FILE).is_file():
         resolved = str(ckpt / STYLIZER_FILE)
     else:
-        resolved = config.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
+        resolved = resume.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     net = load_stylizer(resolved, device=device)
     log.info("evaluating %s", resolved)
-    steps = _checkpoint_step(resolved)
+    steps = checkpoint_step(resolved)
     return evaluate_heldout(cfg, net, output_dir, steps=steps)
-
-
-def _checkpoint_step(path: str) -> int:
-    """The training step a checkpoint or stylizer file records (0 when unknown)."""
-    from portrait_toon.checkpoints import load_state_dict_file
-
-    try:
-        content = load_state_dict_file(path)
-    except Exception:  # noqa: BLE001 - only for the report; loading itself already succeeded
-        return 0
-    if "global_step" in content:  # Lightning checkpoint
-        return int(content["global_step"])
-    for key in ("meta", "metadata"):  # stylizer/generator export files
-        metadata = content.get(key)
-        if isinstance(metadata, dict) and "global_step" in metadata:
-            return int(metadata["global_step"])
-    return 0

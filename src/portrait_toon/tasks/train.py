@@ -17,15 +17,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from portrait_toon import config
+from portrait_toon import config, resume
 from portrait_toon.tasks.synthesize import build_synthesizer
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
 
 WANDB_RUN_ID_FILE = "wandb_run_id.txt"
-# checkpoint key of the Hydra overrides the run was composed with (RecordOverrides)
-OVERRIDES_KEY = "hydra_overrides"
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +189,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint `cfg.ckpt_path` names (see `config.resolve_ckpt_path`), or None.
+    """The checkpoint `cfg.ckpt_path` names (see `resume.resolve_ckpt_path`), or None.
 
     A job of a sweep given `ckpt_path=last` resumes from its own folder only (the same sweep
     rerun with its `hydra.sweep.dir`, or a SLURM requeue) and otherwise starts fresh: the
@@ -204,91 +202,18 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
             return None
         return str(own)
     runs_dir = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
-    return config.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
-
-
-def check_checkpoint_fits(model: pl.LightningModule, ckpt_path: str) -> None:
-    """One clear error when a resumed checkpoint's weights do not fit the model built here.
-
-    Lightning would stop inside `fit` with a raw `size mismatch for net...` traceback. The
-    usual cause is a resume composed without the run's overrides (another experiment or
-    model); the error names the differing weights, the model settings that differ and the
-    overrides of the run and of this config.
-    """
-    from portrait_toon.checkpoints import CheckpointMismatchError, load_into, load_state_dict_file
-
-    content = load_state_dict_file(ckpt_path)
-    state = content.get("state_dict")
-    if not isinstance(state, dict) or not getattr(model, "strict_loading", True):
-        return  # not a Lightning checkpoint (Lightning says so), or a module that loads loosely
-    try:
-        load_into(model, state, source=ckpt_path, expected=f"the {type(model).__name__} here")
-    except CheckpointMismatchError as error:
-        lines = [str(error)]
-        saved = _differing_hparams(content, dict(model.hparams))
-        if saved:
-            lines.append("  model settings, checkpoint vs this config: " + "; ".join(saved))
-        run_overrides, where = _run_overrides(content, ckpt_path)
-        if run_overrides is not None:
-            lines.append(f"  the run's overrides ({where}): {' '.join(run_overrides) or '(none)'}")
-        lines.append(f"  this config's overrides: {' '.join(_task_overrides()) or '(none)'}")
-        lines.append(
-            "Resume with the run's own config: `python train.py hydra.run.dir=<run> "
-            "ckpt_path=last` re-applies its overrides; otherwise give the same experiment/model "
-            "overrides it was trained with."
-        )
-        raise config.ConfigError("\n".join(lines)) from None
-
-
-def _run_overrides(checkpoint: dict[str, Any], ckpt_path: str) -> tuple[list[str] | None, str]:
-    """The overrides the checkpoint's run was composed with, and where they were read."""
-    stored = checkpoint.get(OVERRIDES_KEY)
-    if isinstance(stored, list):
-        return [str(o) for o in stored], "recorded in the checkpoint"
-    run = config.resumed_run_folder(ckpt_path, None)
-    if run is None:
-        return None, ""
-    return config.saved_run_overrides(run), str(run / config.RUN_OVERRIDES_FILE)
+    return resume.resolve_ckpt_path(cfg.ckpt_path, output_dir, str(runs_dir))
 
 
 class RecordOverrides(pl.Callback):
-    """Writes the run's Hydra overrides into every checkpoint it saves (`OVERRIDES_KEY`), so a
-    resume that does not fit can name what the run was started with, wherever the file went."""
+    """Writes the run's Hydra overrides into every checkpoint it saves (`resume.OVERRIDES_KEY`),
+    so a resume that does not fit can name what the run was started with, wherever the file
+    went (`resume.check_checkpoint_fits`)."""
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[OVERRIDES_KEY] = _task_overrides()
-
-
-def _differing_hparams(checkpoint: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`key: checkpoint value vs current value` for the saved hyperparameters that differ."""
-    saved = checkpoint.get("hyper_parameters")
-    if not isinstance(saved, dict):
-        return []
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
-    return [
-        f"{key}: {flat_saved.get(key)!r} vs {flat_current.get(key)!r}"
-        for key in sorted(set(flat_saved) | set(flat_current))
-        if flat_saved.get(key) != flat_current.get(key)
-    ]
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): node}
-
-
-def _task_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        checkpoint[resume.OVERRIDES_KEY] = resume.task_overrides()
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +224,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_checkpoint(cfg, output_dir)
     if ckpt_path:
-        info("resuming from %s with overrides: %s", ckpt_path, " ".join(_task_overrides()))
+        info("resuming from %s with overrides: %s", ckpt_path, " ".join(resume.task_overrides()))
     pl.seed_everything(int(cfg.seed), workers=True)
 
     exit_code = 1
@@ -307,7 +232,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule, _ = build_datamodule(cfg)
         model = build_model(cfg)
         if ckpt_path:
-            check_checkpoint_fits(model, ckpt_path)
+            resume.check_checkpoint_fits(model, ckpt_path)
         loggers = build_loggers(cfg, ckpt_path)
         callbacks = [*build_callbacks(cfg, have_logger=bool(loggers)), RecordOverrides()]
         extra: dict[str, Any] = {}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+PROC_STATUS = Path("/proc/self/status")  # Linux >= 4.7 lists the process's "Umask:" there
 
 
 def temp_file_beside(path: Path) -> tuple[int, str]:
@@ -17,10 +20,33 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
     (0666 less the umask), so outputs stay readable by whoever could read the folder.
     """
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(handle, 0o666 & ~current_umask())
+    return handle, temp_name
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it.
+
+    `os.umask` can only read the mask by setting it, for the whole process: a file another
+    thread (the web app's workers) creates between the two calls would get mode 0666. So it is
+    read from /proc on every call (cheap, and it follows later umask changes); only where /proc
+    does not give it is the os.umask pair used, once, its answer kept for the process.
+    """
+    try:
+        with PROC_STATUS.open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):  # no /proc, or a line it cannot read
+        pass
+    return _umask_by_setting_it()
+
+
+@functools.cache
+def _umask_by_setting_it() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(handle, 0o666 & ~umask)
-    return handle, temp_name
+    return umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
