@@ -9,7 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Linux). CPU-only: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
-# Command-line `key=value` words become Hydra overrides (ARGS="..." also works).
+# Command-line `key=value` words become Hydra overrides (ARGS="..." also works); a script
+# without Hydra (make gpu-check) takes its own options from ARGS.
+ARGS ?=
 HYDRA_ARGS = $(filter-out ARGS=% PYTHON=% TORCH_SPEC=% TORCH_INDEX=%,$(MAKEOVERRIDES)) $(ARGS)
 
 .DEFAULT_GOAL := help
