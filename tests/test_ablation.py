@@ -126,6 +126,19 @@ def test_the_ladder_at_debug_tiny_writes_the_report(tmp_path) -> None:
     assert summary["heldout_pairs"] == report["heldout_pairs"]
 
 
+@pytest.mark.slow
+def test_the_real_network_ladder_at_debug_tiny_writes_the_report(tmp_path) -> None:
+    """`make ablation experiment=webtoonme_512` wired end to end on tiny random-init networks
+    (StyleGAN2 G_s/G_t, BiSeNet, AnimeGANv2; layer_swap for the baseline rung)."""
+    sweep = tmp_path / "sweep"
+    words = ["experiment=webtoonme_512", "debug=tiny", "logger=none", "hydra/launcher=basic"]
+    variants = ablation.main([*words, f"ablation.sweep_dir={sweep}"])
+    assert tuple(variants) == RUNGS
+    check_report(sweep, steps=4)
+    saved = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "ablation/webtoonme_512/baseline" in saved
+
+
 def fake_sweep(sweep_dir, experiments: list[str]) -> None:
     """Job folders as train.py -m leaves them: .hydra/hydra.yaml (the experiment choice)."""
     for number, experiment in enumerate(experiments):
