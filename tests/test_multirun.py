@@ -303,7 +303,13 @@ def test_ctrl_c_on_the_sweep_stops_its_running_jobs(tmp_path):
         time.sleep(0.1)
     job_pid = json.loads(seen_file.read_text())["pid"]
     sweep.send_signal(signal.SIGINT)
-    assert sweep.wait(timeout=120) != 0
+    try:  # communicate, not wait: the sweep and its job share the stderr pipe, which must drain
+        _, stderr = sweep.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        sweep.kill()
+        _, stderr = sweep.communicate()
+        pytest.fail(f"the sweep outlived Ctrl-C by 120 s; its stderr ends:\n{stderr[-4000:]}")
+    assert sweep.returncode != 0, stderr[-2000:]
     with pytest.raises(ProcessLookupError):
         os.kill(job_pid, 0)  # the job went with the sweep
     assert not (tmp_path / "interrupted" / "sweep" / "1").exists()  # and no new job started
