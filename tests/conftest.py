@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,20 @@ def full_golden_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def hide_packages(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """`hide_packages("onnx", ...)`: importlib.import_module (how the export code loads its
+    optional packages) raises ImportError for those names until the test ends."""
+    real_import = importlib.import_module
+
+    def hide(*names: str) -> None:
+        def import_module(name: str, *args):
+            if name in names:
+                raise ImportError(f"No module named '{name}'")
+            return real_import(name, *args)
+
+        monkeypatch.setattr(importlib, "import_module", import_module)
+
+    return hide

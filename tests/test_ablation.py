@@ -192,7 +192,8 @@ def test_make_ablation_debug_tiny_through_the_process_launcher(tmp_path) -> None
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("PORTRAIT_TOON_FULL_ABLATION") != "1",
-    reason="the full ladder takes ~40 minutes: PORTRAIT_TOON_FULL_ABLATION=1 to run it",
+    reason="the full ladder takes ~37 minutes (docs/ablation.md): "
+    "PORTRAIT_TOON_FULL_ABLATION=1 to run it",
 )
 def test_full_budget_ladder_shows_the_papers_claims(tmp_path) -> None:
     """`make ablation` at its default budget, on a quiet machine; the issue's three claims."""

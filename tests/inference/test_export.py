@@ -7,14 +7,12 @@ the install hint instead of skipping, so the parity check never passes unseen.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 import torch
 from toy_nets import lut_unet, tiny_unet
 
-from portrait_toon.inference import export as export_module
 from portrait_toon.inference.export import (
     CHECK_SIZES,
     AnySizeStylizer,
@@ -97,15 +95,8 @@ def test_torchscript_parity_and_a_wrong_file_is_caught(tmp_path: Path) -> None:
         check_export(tiny_unet(seed=5), path, "torchscript")  # other weights: must fail
 
 
-def test_missing_packages_name_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    real_import = importlib.import_module
-
-    def without_onnxscript(name: str, *args):
-        if name == "onnxscript":
-            raise ImportError("No module named 'onnxscript'")
-        return real_import(name, *args)
-
-    monkeypatch.setattr(export_module.importlib, "import_module", without_onnxscript)
+def test_missing_packages_name_the_extra(hide_packages, tmp_path: Path) -> None:
+    hide_packages("onnxscript")
     with pytest.raises(ImportError, match=r"\['onnxscript'\].*pip install -e '\.\[export\]'"):
         export_onnx(tiny_unet(), tmp_path / "f.onnx")
     with pytest.raises(ImportError, match="export` extra"):

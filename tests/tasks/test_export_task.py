@@ -3,14 +3,12 @@ check, and config mistakes named by key."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from portrait_toon.config import ConfigError, compose_config
-from portrait_toon.inference import export as export_module
 from portrait_toon.nets.unet import UNet
 from portrait_toon.tasks.export import export
 from portrait_toon.utils.generator_file import save_stylizer
@@ -50,16 +48,9 @@ def test_config_errors_name_the_key(tmp_path: Path, run_dir: Path) -> None:
 
 
 def test_missing_onnx_packages_fail_before_loading(
-    tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_dir: Path, hide_packages
 ) -> None:
-    real_import = importlib.import_module
-
-    def without_onnx(name: str, *args):
-        if name == "onnx":
-            raise ImportError("No module named 'onnx'")
-        return real_import(name, *args)
-
-    monkeypatch.setattr(export_module.importlib, "import_module", without_onnx)
+    hide_packages("onnx")
     with pytest.raises(ImportError, match=r"format=onnx needs .*\['onnx'\].*\[export\]"):
         export(compose(tmp_path, f"ckpt={run_dir}", "format=onnx"))
     assert not (run_dir / "stylizer.onnx").exists()
