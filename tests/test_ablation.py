@@ -5,6 +5,7 @@ real-network ladder composes; the full-budget run and its claims are a gated slo
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,6 +101,11 @@ def check_report(sweep_dir, steps: int) -> dict:
         missing = [key for key in REQUIRED_KEYS if key not in metrics]
         assert not missing, (rung, missing)
         assert metrics["steps"] == steps
+        # every figure measured (a metric that silently came out None or NaN fails here)
+        values = [metrics[key] for key in REQUIRED_KEYS if key != "skin_delta_e00_by_bin"]
+        values += list(metrics["skin_delta_e00_by_bin"].values())
+        assert all(isinstance(v, int | float) and math.isfinite(v) for v in values), (rung, metrics)
+        assert 0.0 <= metrics["whitewash_rate"] <= 1.0
     counts = {metrics["num_images"] for metrics in report["variants"].values()}
     assert len(counts) == 1  # the same held-out set for every rung
     table = (sweep_dir / "ablation.md").read_text()
